@@ -1,0 +1,3 @@
+from ocimodel.cli import main
+
+main()

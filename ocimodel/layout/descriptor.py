@@ -1,0 +1,121 @@
+"""Immutable descriptors, digests and platforms: the vocabulary every other module speaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+ANNOTATION_TITLE = "org.opencontainers.image.title"
+ANNOTATION_SOURCE = "org.opencontainers.image.source"
+ANNOTATION_REVISION = "org.opencontainers.image.revision"
+ANNOTATION_FILEPATH = "org.cncf.model.filepath"
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def is_digest(value: str) -> bool:
+    """Only sha256 is accepted: it is what every registry and runtime we target agrees on."""
+    return bool(_DIGEST.match(value))
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact, key-order-preserving JSON: the same document always gives the same bytes and digest."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """Parse ``os/arch[/variant]`` as docker's ``--platform`` does."""
+        parts = text.strip().split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"platform {text!r} is not os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Platform:
+        return cls(obj["os"], obj["architecture"], obj.get("variant") or None)
+
+    def to_json(self) -> dict[str, str]:
+        out = {"architecture": self.architecture, "os": self.os}
+        if self.variant:
+            out["variant"] = self.variant
+        return out
+
+    def matches(self, other: Platform) -> bool:
+        """A missing variant on our side matches any variant, as containerd's default matcher does for arm64."""
+        if (self.os, self.architecture) != (other.os, other.architecture):
+            return False
+        return self.variant is None or self.variant == other.variant or (
+            self.architecture == "arm64" and {self.variant, other.variant} <= {"v8", None}
+        )
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A pointer to content: what it is, its digest and size, and optional annotations and platform."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    platform: Platform | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.platform is not None:
+            out["platform"] = self.platform.to_json()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Descriptor:
+        try:
+            digest = obj["digest"]
+            size = int(obj["size"])
+            media_type = obj.get("mediaType", "")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed descriptor {obj!r}") from exc
+        if not is_digest(digest):
+            raise ValueError(f"unsupported digest {digest!r} (only sha256 is supported)")
+        platform = Platform.from_json(obj["platform"]) if obj.get("platform") else None
+        return cls(media_type, digest, size, dict(obj.get("annotations") or {}), platform)
+
+    @classmethod
+    def of_bytes(cls, media_type: str, data: bytes, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        return cls(media_type, sha256_digest(data), len(data), dict(annotations or {}))
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]

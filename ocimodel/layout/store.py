@@ -1,0 +1,206 @@
+"""An OCI image layout on disk, written so that a crash at any moment leaves the previous state valid.
+
+Blobs go to a temp file in the blob directory and are renamed into place only once their digest is known (and
+checked, when it was announced); ``index.json`` is replaced atomically and last. A rerun reuses every blob that
+made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Iterable
+
+from ocimodel.errors import DigestMismatch, OcimodelError
+from ocimodel.layout.descriptor import (
+    ANNOTATION_REF_NAME,
+    OCI_INDEX,
+    Descriptor,
+    canonical_json,
+    is_digest,
+)
+
+LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class BlobWriter:
+    """Streams one blob to a temp file while hashing it; ``commit`` names it by its digest.
+
+    A writer made with ``hashing=False`` serves a caller that already hashes the same bytes (a layer encoder):
+    hashing twice would halve throughput on machines without SHA instructions. Used as a context manager: leaving
+    the block without ``commit`` (an error, an interrupt) removes the temp file.
+    """
+
+    def __init__(self, layout: Layout, hashing: bool = True) -> None:
+        self._layout = layout
+        fd, tmp = tempfile.mkstemp(dir=layout.blob_dir, prefix=".upload-", suffix=".tmp")
+        self._tmp = Path(tmp)
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256() if hashing else None
+        self.size = 0
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self._hash is not None:
+            self._hash.update(chunk)
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self, expected: str | None = None) -> str:
+        """Rename the blob into place under its digest; refuse it if it is not the ``expected`` digest."""
+        if self._hash is None:
+            if expected is None:
+                raise ValueError("a writer without hashing needs the digest its caller computed")
+            digest = expected
+        else:
+            digest = "sha256:" + self._hash.hexdigest()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if expected is not None and digest != expected:
+            self._tmp.unlink(missing_ok=True)
+            raise DigestMismatch(f"content announced as {expected} hashes to {digest}; refusing it")
+        target = self._layout.blob_path(digest)
+        if target.exists():
+            self._tmp.unlink()
+        else:
+            os.replace(self._tmp, target)
+        return digest
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class Layout:
+    """A directory holding ``oci-layout``, ``index.json`` and ``blobs/sha256``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs" / "sha256"
+
+    @classmethod
+    def create(cls, root: Path) -> Layout:
+        """Open ``root`` as a layout, making it (and an empty index) if it does not exist yet."""
+        if root.exists() and not root.is_dir():
+            raise OcimodelError(f"layout {root} exists and is not a directory; choose a directory path")
+        layout = cls(root)
+        try:
+            layout.blob_dir.mkdir(parents=True, exist_ok=True)
+            marker = root / "oci-layout"
+            if not marker.exists():
+                atomic_write(marker, canonical_json(LAYOUT_VERSION))
+            if not layout.index_path.exists():
+                atomic_write(layout.index_path, _index_bytes([]))
+        except OSError as exc:
+            raise OcimodelError(f"cannot write layout {root}: {exc.strerror or exc}") from exc
+        return layout
+
+    @classmethod
+    def open(cls, root: Path) -> Layout:
+        """Open an existing layout for reading; a directory without ``oci-layout`` is refused."""
+        if not (root / "oci-layout").is_file() or not (root / "index.json").is_file():
+            raise OcimodelError(f"{root} is not an OCI image layout (no oci-layout or index.json)")
+        return cls(root)
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.json"
+
+    def blob_path(self, digest: str) -> Path:
+        if not is_digest(digest):
+            raise OcimodelError(f"unsupported digest {digest!r}")
+        return self.blob_dir / digest.split(":", 1)[1]
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def writer(self, hashing: bool = True) -> BlobWriter:
+        return BlobWriter(self, hashing)
+
+    def write_blob(self, chunks: Iterable[bytes], expected: str | None = None) -> tuple[str, int]:
+        """Store a stream of bytes as a blob; returns (digest, size)."""
+        with self.writer() as w:
+            for chunk in chunks:
+                w.write(chunk)
+            return w.commit(expected), w.size
+
+    def put_bytes(self, media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> Descriptor:
+        desc = Descriptor.of_bytes(media_type, data, annotations)
+        if not self.has_blob(desc.digest):
+            self.write_blob([data], desc.digest)
+        return desc
+
+    def put_json(self, media_type: str, obj: Any) -> Descriptor:
+        return self.put_bytes(media_type, canonical_json(obj))
+
+    def read_blob(self, digest: str) -> bytes:
+        """Read a small blob (manifest, config, index) whole and check it against its name."""
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise OcimodelError(f"layout {self.root} lacks blob {digest}") from None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise DigestMismatch(f"blob {digest} in {self.root} is corrupt (its content hashes differently)")
+        return data
+
+    def read_json(self, digest: str) -> Any:
+        return json.loads(self.read_blob(digest))
+
+    def manifests(self) -> list[Descriptor]:
+        """The entries of ``index.json``, in file order."""
+        try:
+            index = json.loads(self.index_path.read_text())
+            return [Descriptor.from_json(m) for m in index.get("manifests", [])]
+        except (OSError, ValueError) as exc:
+            raise OcimodelError(f"cannot read {self.index_path}: {exc}") from exc
+
+    def tags(self) -> dict[str, Descriptor]:
+        return {
+            d.annotations[ANNOTATION_REF_NAME]: d for d in self.manifests() if ANNOTATION_REF_NAME in d.annotations
+        }
+
+    def set_tag(self, tag: str, desc: Descriptor) -> None:
+        """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place."""
+        entry = Descriptor(
+            desc.media_type, desc.digest, desc.size, {**desc.annotations, ANNOTATION_REF_NAME: tag}, desc.platform
+        )
+        entries = [d for d in self.manifests() if d.annotations.get(ANNOTATION_REF_NAME) != tag]
+        atomic_write(self.index_path, _index_bytes([*entries, entry]))
+
+
+def _index_bytes(entries: list[Descriptor]) -> bytes:
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [e.to_json() for e in entries]}
+    return json.dumps(index, indent=2).encode() + b"\n"

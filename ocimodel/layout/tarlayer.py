@@ -1,0 +1,183 @@
+"""Deterministic tar layers, generated as a stream of chunks straight from the source files.
+
+Every header field that could vary between machines is fixed (owner 0:0 without names, modes 0644/0755, mtime 0,
+members sorted), so the same names and contents always give the same bytes. Headers use the GNU format: sizes of
+8 GiB and more are written in base-256 in the header itself, which GNU tar, Python, Go (umoci, containerd) and
+Clair all read, unlike PAX size records. The stream's exact length is known before a byte is read, which lets a
+push announce ``Content-Length`` for a layer that was never written to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
+
+from ocimodel.errors import OcimodelError
+from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+
+BLOCK = 512
+CHUNK = 1 << 20
+MTIME = 0
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar entry: a directory (``source`` is None) or a regular file read from ``source``."""
+
+    name: str
+    source: Path | None = None
+    size: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.source is None
+
+
+def header(member: Member) -> bytes:
+    info = tarfile.TarInfo(member.name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = MTIME
+    if member.is_dir:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.type = tarfile.REGTYPE
+        info.mode = 0o644
+        info.size = member.size
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def tar_size(members: Iterable[Member]) -> int:
+    """The exact length of ``tar_chunks(members)``, computed without reading any file."""
+    return sum(len(header(m)) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
+
+
+def tar_chunks(members: Iterable[Member], chunk_size: int = CHUNK) -> Iterator[bytes]:
+    """Yield the tar stream; each file is read once, in ``chunk_size`` pieces, and must not change meanwhile."""
+    for member in members:
+        yield header(member)
+        if member.is_dir:
+            continue
+        assert member.source is not None
+        remaining = member.size
+        try:
+            with open(member.source, "rb", buffering=0) as f:
+                while remaining:
+                    data = f.read(min(chunk_size, remaining))
+                    if not data:
+                        break
+                    remaining -= len(data)
+                    yield data
+                grew = remaining == 0 and f.read(1)
+        except OSError as exc:
+            raise OcimodelError(f"cannot read {member.source}: {exc.strerror or exc}") from exc
+        if remaining or grew:
+            raise OcimodelError(f"{member.source} changed size while being packed; pack again once it is complete")
+        if pad := _padding(member.size):
+            yield b"\0" * pad
+    yield END_OF_ARCHIVE
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _Gzip:
+    """gzip with a fixed header (no name, mtime 0, OS 255) so output does not depend on the machine."""
+
+    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+    def __init__(self, level: int = 6) -> None:
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._crc = 0
+        self._size = 0
+        self._started = False
+
+    def compress(self, data: bytes) -> bytes:
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        out = self._deflate.compress(data)
+        if not self._started:
+            self._started = True
+            return self.HEADER + out
+        return out
+
+    def flush(self) -> bytes:
+        head = b"" if self._started else self.HEADER
+        trailer = self._crc.to_bytes(4, "little") + (self._size & 0xFFFFFFFF).to_bytes(4, "little")
+        return head + self._deflate.flush() + trailer
+
+
+def _zstd() -> Compressor:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3, threads=0).compressobj()
+
+
+COMPRESSIONS: dict[str, tuple[str, Callable[[], Compressor]]] = {
+    "none": (OCI_LAYER, _Identity),
+    "gzip": (OCI_LAYER_GZIP, _Gzip),
+    "zstd": (OCI_LAYER_ZSTD, _zstd),
+}
+
+
+@dataclass(frozen=True)
+class LayerDigests:
+    media_type: str
+    digest: str
+    size: int
+    diff_id: str
+
+
+class Sink(Protocol):
+    def write(self, chunk: bytes) -> object: ...
+
+
+def encode_layer(
+    chunks: Iterable[bytes], compression: str, sink: Sink, progress: Callable[[int], None] | None = None
+) -> LayerDigests:
+    """Compress a tar stream into ``sink`` in one pass, hashing both the tar (diff_id) and the blob (digest).
+
+    ``progress`` is told how many uncompressed bytes went through, so bars track source bytes read.
+    """
+    media_type, make = COMPRESSIONS[compression]
+    compressor = make()
+    tar_hash = hashlib.sha256()
+    blob_hash = tar_hash if compression == "none" else hashlib.sha256()
+    size = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal size
+        if data:
+            if blob_hash is not tar_hash:
+                blob_hash.update(data)
+            sink.write(data)
+            size += len(data)
+
+    for chunk in chunks:
+        tar_hash.update(chunk)
+        emit(compressor.compress(chunk))
+        if progress:
+            progress(len(chunk))
+    emit(compressor.flush())
+    return LayerDigests(media_type, "sha256:" + blob_hash.hexdigest(), size, "sha256:" + tar_hash.hexdigest())
+

@@ -1,0 +1,134 @@
+"""Progress on stderr: rich bars on a terminal, a few plain lines in CI logs.
+
+stdout stays for results (a digest, a reference, JSON), so scripts can read it while people watch stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Protocol, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class Task(Protocol):
+    def advance(self, n: int) -> None: ...
+    def finish(self, note: str = "") -> None: ...
+
+
+class Reporter(Protocol):
+    def task(self, label: str, total: int) -> Task: ...
+    def close(self) -> None: ...
+
+
+class _RichTask:
+    def __init__(self, progress: Progress, task_id: TaskID) -> None:
+        self._progress, self._id = progress, task_id
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._id, n)
+
+    def finish(self, note: str = "") -> None:
+        task = self._progress.tasks[self._id]
+        label = f"{task.description} {note}".rstrip()
+        self._progress.update(self._id, completed=task.total, description=label)
+
+
+class RichReporter:
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._progress.start()
+
+    def task(self, label: str, total: int) -> Task:
+        return _RichTask(self._progress, self._progress.add_task(label, total=total))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class _PlainTask:
+    def __init__(self, reporter: PlainReporter, label: str, total: int) -> None:
+        self._reporter, self.label, self.total = reporter, label, total
+        self.done = 0
+        self.started = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._reporter.tick()
+
+    def finish(self, note: str = "") -> None:
+        elapsed = time.monotonic() - self.started
+        rate = human_size(self.done / elapsed) + "/s" if elapsed > 0 else ""
+        self._reporter.line(f"{self.label}: {note or 'done'} ({human_size(self.done)} in {elapsed:.1f} s, {rate})")
+        self._reporter.forget(self)
+
+
+class PlainReporter:
+    """One line per finished task, and a summary of running ones every ``interval`` seconds for long jobs."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 30.0) -> None:
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._running: list[_PlainTask] = []
+        self._last = time.monotonic()
+
+    def task(self, label: str, total: int) -> Task:
+        task = _PlainTask(self, label, total)
+        with self._lock:
+            self._running.append(task)
+        return task
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self._stream, flush=True)
+
+    def forget(self, task: _PlainTask) -> None:
+        with self._lock:
+            if task in self._running:
+                self._running.remove(task)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return
+        with self._lock:
+            self._last = now
+            for t in self._running:
+                pct = 100 * t.done / t.total if t.total else 100
+                print(f"{t.label}: {pct:.0f}% of {human_size(t.total)}", file=self._stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def make_reporter() -> Reporter:
+    console = Console(stderr=True)
+    return RichReporter(console) if console.is_terminal else PlainReporter()

@@ -1,0 +1,1 @@
+"""The OCI distribution API: references, authentication, pull and push."""
