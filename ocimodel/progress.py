@@ -21,13 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+from ocimodel.units import human_size
 
 
 class Task(Protocol):

@@ -1,0 +1,437 @@
+"""HTTP access to one registry's distribution API: auth, retries, redirects and readable errors in one place.
+
+Every call goes through ``RegistryClient.request``, so uploads added later inherit the same 401 handling, retry
+policy, redirect rules and error messages as the reads here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from contextlib import nullcontext, suppress
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import IO
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from ocimodel.errors import DigestMismatch, OcimodelError
+from ocimodel.layout.descriptor import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    is_digest,
+    sha256_digest,
+)
+from ocimodel.registry.auth import Authenticator, Keychain, default_keychain, repository_scope
+from ocimodel.registry.reference import registry_url
+
+log = logging.getLogger("ocimodel.registry")
+
+MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
+# The distribution spec asks registries to accept manifests up to 4 MiB; anything bigger is not a manifest we made
+# or want, and must not be read into memory unbounded.
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+CHUNK_SIZE = 1024 * 1024
+_ERROR_BODY_MAX_BYTES = 64 * 1024
+_MAX_REDIRECTS = 5
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+Body = bytes | Callable[[], IO[bytes]]
+"""A request body: bytes, or a callable opening a fresh stream, so a body can be sent again after a 401 or a retry."""
+
+
+class RegistryError(OcimodelError):
+    """A registry call that failed, with what a caller needs to decide whether starting over can help.
+
+    ``status`` is None when no answer came at all (connection refused, reset, timed out): that, like 408, 429 and
+    5xx, is ``transient``. ``codes`` are the distribution-spec error codes of the answer (BLOB_UPLOAD_UNKNOWN, ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: frozenset[str] = frozenset(),
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None or self.status in _TRANSIENT_STATUSES
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter; ``sleep`` is injectable so tests never wait."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    max_retry_after: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before try ``attempt + 1``; a server's Retry-After wins, within reason."""
+        if retry_after:
+            seconds = _parse_retry_after(retry_after)
+            if seconds is not None:
+                return min(max(seconds, 0.0), self.max_retry_after)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+def _parse_retry_after(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+class RegistryClient:
+    """One registry, one ``requests.Session``, one authentication state.
+
+    Use as a context manager (or call ``close``) to release pooled connections.
+    """
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        plain_http: bool = False,
+        keychain: Keychain | None = None,
+        session: requests.Session | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        timeout: tuple[float, float] = (15.0, 120.0),
+    ) -> None:
+        self.registry = registry
+        self.base_url = registry_url(registry, plain_http=plain_http)
+        self._origin = urlsplit(self.base_url).netloc
+        self._session = session or requests.Session()
+        self._retry = retry
+        self._timeout = timeout
+        self._auth = Authenticator(registry, keychain or default_keychain(), self._fetch_token)
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def url(self, repository: str, path: str) -> str:
+        return f"{self.base_url}/v2/{repository}/{path}"
+
+    def get_manifest(
+        self, repository: str, reference: str, accept: Sequence[str] = MANIFEST_ACCEPT
+    ) -> tuple[bytes, str]:
+        """The manifest's exact bytes and media type; by digest, the bytes are checked against it."""
+        response = self.request(
+            "GET", self.url(repository, f"manifests/{reference}"), repository, headers={"Accept": ", ".join(accept)}
+        )
+        with response:
+            try:
+                data = _read_capped(response, MANIFEST_MAX_BYTES)
+            except requests.RequestException as exc:
+                raise self._lost_connection(response, f"manifest {reference} of {repository}", exc) from exc
+        if data is None:
+            raise OcimodelError(
+                f"manifest {reference} of {repository} on registry {self.registry} is larger than "
+                f"{MANIFEST_MAX_BYTES // (1024 * 1024)} MiB; refusing it"
+            )
+        if is_digest(reference) and sha256_digest(data) != reference:
+            raise DigestMismatch(
+                f"manifest {reference} of {repository} from registry {self.registry} hashes to "
+                f"{sha256_digest(data)}; refusing it"
+            )
+        return data, response.headers.get("Content-Type", "").split(";")[0].strip()
+
+    def head_blob(self, repository: str, digest: str) -> int | None:
+        """The blob's size, or None if the repository does not have it."""
+        response = self.request("HEAD", self.url(repository, f"blobs/{digest}"), repository, ok=(200, 404))
+        response.close()
+        if response.status_code == 404:
+            return None
+        try:
+            return int(response.headers["Content-Length"])
+        except (KeyError, ValueError):
+            raise OcimodelError(
+                f"registry {self.registry} answered HEAD for blob {digest} of {repository} without a size"
+            ) from None
+
+    def stream_blob(self, repository: str, digest: str) -> Iterator[bytes]:
+        """The blob in chunks of at most 1 MiB, verified: the last step raises DigestMismatch if it was wrong.
+
+        The bytes are taken exactly as sent (no transfer decoding), since that is what the digest covers.
+        """
+        response = self.request(
+            "GET", self.url(repository, f"blobs/{digest}"), repository, headers={"Accept-Encoding": "identity"}
+        )
+        hasher = hashlib.sha256()
+        with response:
+            try:
+                for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
+                    hasher.update(chunk)
+                    yield chunk
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise self._lost_connection(response, f"blob {digest} of {repository}", exc) from exc
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:
+            raise DigestMismatch(
+                f"blob {digest} of {repository} from registry {self.registry} hashes to {actual}; refusing it"
+            )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        repository: str,
+        *,
+        actions: Sequence[str] = ("pull",),
+        extra_scopes: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        body: Body | None = None,
+        ok: Container[int] = (200,),
+        retry: bool | None = None,
+    ) -> requests.Response:
+        """Send one API call, authenticated for ``actions`` on ``repository``; the body of the answer is streamed.
+
+        A 401 triggers one re-authentication and resend. Transient failures are retried when ``retry`` (default:
+        for GET and HEAD only; pass True for a request that is safe to repeat, such as a manifest PUT). Any status
+        not in ``ok`` becomes an OcimodelError explaining what went wrong.
+        """
+        scopes = [repository_scope(repository, actions), *extra_scopes]
+        retry = method in _IDEMPOTENT if retry is None else retry
+        for reauthenticated in (False, True):
+            response = self._with_retries(
+                lambda: self._send(method, url, scopes, headers, params, body), method, url, repository, retry
+            )
+            if response.status_code != 401 or urlsplit(response.url).netloc != self._origin:
+                break
+            challenge = response.headers.get("WWW-Authenticate")
+            _discard(response)
+            if reauthenticated:
+                raise self._auth.rejected(scopes)
+            self._auth.authenticate(challenge, scopes)
+        if response.status_code not in ok:
+            with response:
+                raise self._error(method, url, repository, response)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        body: Body | None,
+    ) -> requests.Response:
+        """One exchange, following redirects of reads by hand so credentials never reach another host."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            sent = dict(headers or {})
+            if urlsplit(url).netloc == self._origin:
+                authorization = self._auth.authorization(scopes)
+                if authorization:
+                    sent["Authorization"] = authorization
+            started = time.monotonic()
+            with body() if callable(body) else nullcontext(body) as data:
+                response = self._session.request(
+                    method,
+                    url,
+                    headers=sent,
+                    params=params,
+                    data=data,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                )
+            log.debug(
+                "%s %s -> %d (%.2fs)", method, _redact(response.url), response.status_code, time.monotonic() - started
+            )
+            if not (response.is_redirect and method in _IDEMPOTENT):
+                return response
+            url = urljoin(response.url, response.headers["Location"])
+            params = None
+            _discard(response)
+        raise OcimodelError(
+            f"registry {self.registry} redirected {method} {_redact(url)} more than {_MAX_REDIRECTS} times"
+        )
+
+    def _with_retries(
+        self,
+        send: Callable[[], requests.Response],
+        method: str,
+        url: str,
+        repository: str | None,
+        retry: bool,
+    ) -> requests.Response:
+        attempts = self._retry.attempts if retry else 1
+        attempt = 1
+        while True:
+            try:
+                response = send()
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= attempts:
+                    raise self._unreachable(exc, url, repository) from exc
+                delay = self._retry.delay(attempt)
+                log.info("%s %s failed (%s); retrying in %.1fs", method, _redact(url), _reason(exc), delay)
+            else:
+                if response.status_code not in _TRANSIENT_STATUSES or attempt >= attempts:
+                    return response
+                delay = self._retry.delay(attempt, response.headers.get("Retry-After"))
+                _discard(response)
+                log.info("%s %s answered %d; retrying in %.1fs", method, _redact(url), response.status_code, delay)
+            self._retry.sleep(delay)
+            attempt += 1
+
+    def _fetch_token(self, url: str, params: list[tuple[str, str]], headers: dict[str, str]) -> requests.Response:
+        return self._with_retries(
+            lambda: self._session.get(url, params=params, headers=headers, timeout=self._timeout),
+            "GET",
+            url,
+            None,
+            retry=True,
+        )
+
+    def _unreachable(self, exc: requests.RequestException, url: str, repository: str | None) -> RegistryError:
+        what = f" for {repository}" if repository else ""
+        hint = (
+            "if the registry speaks plain HTTP, allow plain HTTP for it; otherwise check its certificate"
+            if isinstance(exc, requests.exceptions.SSLError)
+            else "check the registry address and your network"
+        )
+        return RegistryError(f"cannot reach {self._where(url)}{what} ({_reason(exc)}): {hint}")
+
+    def _where(self, url: str) -> str:
+        """The registry, or the other host (token service, blob storage) it sent us to."""
+        host = urlsplit(url).netloc
+        return f"registry {self.registry}" if host == self._origin else f"{host} (used by registry {self.registry})"
+
+    def _lost_connection(self, response: requests.Response, what: str, exc: BaseException) -> RegistryError:
+        return RegistryError(
+            f"lost the connection to {self._where(response.url)} while reading {what} ({_reason(exc)}): try again"
+        )
+
+    def _error(self, method: str, url: str, repository: str, response: requests.Response) -> RegistryError:
+        status = response.status_code
+        subject = _subject(url, repository)
+        errors = _distribution_errors(response)
+        detail = "; ".join(f"{code}: {message}".strip(": ") for code, message in errors[:3])
+        detail_text = f" ({detail})" if detail else ""
+        if status == 403:
+            message = f"denied {method} of {subject}{detail_text}: check that your credentials have access to it"
+        elif status == 404:
+            message = f"has no {subject}{detail_text}: check the reference"
+        elif status == 429:
+            message = (
+                f"is rate-limiting requests for {repository}{detail_text}: "
+                "wait and try again, or log in for a higher limit"
+            )
+        elif status >= 500:
+            message = f"failed with {status} on {method} of {subject}{detail_text}: try again later"
+        else:
+            message = f"answered {status} to {method} of {subject}{detail_text}"
+        return RegistryError(
+            f"registry {self.registry} {message}",
+            status=status,
+            codes=frozenset(code for code, _ in errors),
+            retry_after=response.headers.get("Retry-After"),
+        )
+
+
+def _subject(url: str, repository: str) -> str:
+    """``…/v2/<repo>/manifests/<ref>`` → ``manifest <ref> of <repo>``: what the user asked for, in their words."""
+    path = urlsplit(url).path
+    for kind in ("manifests", "blobs"):
+        marker = f"/{repository}/{kind}/"
+        if marker in path:
+            return f"{kind[:-1]} {path.split(marker, 1)[1]} of {repository}"
+    return f"repository {repository}"
+
+
+def _distribution_errors(response: requests.Response) -> list[tuple[str, str]]:
+    """(code, message) pairs of a distribution-spec error body; empty if it is not one."""
+    try:
+        data = _read_capped(response, _ERROR_BODY_MAX_BYTES)
+        errors = json.loads(data or b"{}").get("errors") or []
+        return [(str(e.get("code") or "?"), str(e.get("message") or "")[:300]) for e in errors]
+    except (ValueError, AttributeError, TypeError, requests.RequestException):
+        return []
+
+
+def _read_capped(response: requests.Response, limit: int) -> bytes | None:
+    """The whole (decoded) body, or None if it exceeds ``limit``."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _discard(response: requests.Response) -> None:
+    """Drain a small unwanted body so its connection goes back to the pool; a big (or broken) one just closes it."""
+    with suppress(requests.RequestException):
+        _read_capped(response, _ERROR_BODY_MAX_BYTES)
+    response.close()
+
+
+def _redact(url: str) -> str:
+    """Drop the query: presigned storage URLs carry signatures and session tokens there."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+_REASONS: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    ((ConnectionRefusedError,), "connection refused"),
+    ((socket.gaierror,), "host name not found"),
+    ((ConnectionResetError,), "connection reset"),
+    ((http.client.IncompleteRead,), "the answer broke off"),
+    ((requests.exceptions.SSLError, urllib3.exceptions.SSLError), "TLS handshake failed"),
+    # Not urllib3's TimeoutError: its NewConnectionError (a refused connection, say) derives from it.
+    ((requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError), "timed out"),
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause, found by type: exception texts embed URLs whose queries may hold secrets."""
+    chain: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending += [e for e in linked if isinstance(e, BaseException)]
+    for kinds, reason in _REASONS:
+        if any(isinstance(e, kinds) for e in chain):
+            return reason
+    return "connection failed"
