@@ -57,8 +57,13 @@ def _global(
 ) -> None:
     _State.debug = debug
     if verbose or debug:
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s", stream=sys.stderr)
-        logging.getLogger("urllib3").setLevel(logging.INFO)
+        # Only our loggers: they redact URLs and never log headers, while urllib3's debug lines print full URLs,
+        # presigned storage signatures included.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger = logging.getLogger("ocimodel")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
 
 
 def _platform(text: str) -> Platform:
@@ -76,8 +81,14 @@ def _tag(text: str) -> str:
 
 @app.command()
 def pack(
-    source: Annotated[str, typer.Argument(help="Model directory.")],
+    source: Annotated[str, typer.Argument(help="Model directory, or HuggingFace repo id (org/name or hf://org/name).")],
     layout: Annotated[Path, typer.Argument(help="OCI image layout directory to write (created if missing).")],
+    revision: Annotated[
+        Optional[str], typer.Option(help="Hub branch, tag or commit; recorded as its commit. [default: default branch]")
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Where Hub downloads are cached. [default: HF_HUB_CACHE, or HF_HOME/hub]")
+    ] = None,
     base: Annotated[
         Optional[str], typer.Option(help="Base image pinned by digest (REPO@sha256:…), or 'scratch'. [default: busybox]")
     ] = None,
@@ -87,12 +98,14 @@ def pack(
         Compression.none
     ),
     include: Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")] = [],
-    exclude: Annotated[list[str], typer.Option(help="Leave out files matching this glob (repeatable).")] = [],
+    exclude: Annotated[
+        list[str], typer.Option(help="Leave out files matching this glob (repeatable); Hub files left out are not fetched.")
+    ] = [],
     jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. [default: CPUs, max 4]")] = None,
     plain_http: Annotated[bool, typer.Option(help="Pull the base over plain HTTP (automatic for localhost).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
 ) -> None:
-    """Pack a model into an OCI image layout. Prints the manifest digest."""
+    """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
     from ocimodel.pack import DEFAULT_BASE, PackOptions
     from ocimodel.pack import pack as run_pack
     from ocimodel.progress import make_reporter
@@ -109,13 +122,74 @@ def pack(
     )
     reporter = make_reporter()
     try:
-        manifest = run_pack(open_source(source), layout, options, reporter)
+        model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
+        manifest = run_pack(model, layout, options, reporter)
     finally:
         reporter.close()
     if as_json:
         print(json.dumps({"digest": manifest.digest, "size": manifest.size, "layout": str(layout), "tag": tag}))
     else:
         print(manifest.digest)
+
+
+def _size(text: str) -> int:
+    from ocimodel.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def push(
+    layout: Annotated[Path, typer.Argument(help="OCI image layout directory (ours, skopeo's, olot's...).")],
+    ref: Annotated[str, typer.Argument(help="Destination: host[:port]/repo[:tag].")],
+    tag: Annotated[Optional[str], typer.Option(help="Which tag of the layout to push. [default: the only one, or latest]")] = None,
+    jobs: Annotated[int, typer.Option(min=1, max=32, help="Blobs uploaded at once.")] = 4,
+    chunk_size: Annotated[
+        str, typer.Option(help="Chunk size for resumable chunked uploads, e.g. 64MiB; 0 for whole-blob uploads.")
+    ] = "128MiB",
+    mount_from: Annotated[list[str], typer.Option(help="Repository of the same registry to mount blobs from (repeatable).")] = [],
+    plain_http: Annotated[bool, typer.Option(help="Use plain HTTP (automatic for localhost and 127.0.0.0/8).")] = False,
+    username: Annotated[Optional[str], typer.Option(help="Registry user name (with --password-stdin).")] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the registry password or token from stdin.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON result (reference, digest, oci:// URI, blobs).")] = False,
+) -> None:
+    """Push an OCI image layout to a registry. Prints host/repo@sha256:… last."""
+    from ocimodel.layout.store import Layout
+    from ocimodel.progress import make_reporter
+    from ocimodel.registry.auth import Credentials, default_keychain
+    from ocimodel.registry.client import RegistryClient
+    from ocimodel.registry.known import KnownBlobs
+    from ocimodel.registry.push import PushOptions, describe
+    from ocimodel.registry.push import push as run_push
+    from ocimodel.registry.reference import parse_reference
+
+    try:
+        target = parse_reference(ref)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="REF") from None
+    if target.digest:
+        raise typer.BadParameter("push to a tag or a bare repository, not a digest", param_hint="REF")
+    if password_stdin != bool(username):
+        raise typer.BadParameter("--username and --password-stdin go together")
+    explicit = {}
+    if username:
+        password = sys.stdin.readline().rstrip("\r\n")
+        explicit[target.registry] = Credentials(username, password)
+    options = PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from))
+    source = Layout.open(layout)
+    reporter = make_reporter()
+    try:
+        with RegistryClient(target.registry, plain_http=plain_http, keychain=default_keychain(explicit)) as client:
+            result = run_push(
+                source, target, tag=tag, options=options, reporter=reporter, client=client, known=KnownBlobs()
+            )
+    finally:
+        reporter.close()
+    print(f"pushed {result.reference}: {describe(result)}", file=sys.stderr)
+    print(json.dumps(result.to_json()) if as_json else result.reference)
 
 
 def main() -> None:

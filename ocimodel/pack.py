@@ -55,6 +55,7 @@ def load_base(ref_text: str, platform: Platform, layout: Layout, plain_http: boo
     """The base image and the annotations naming it; ``scratch`` means none."""
     if ref_text == "scratch":
         return scratch(platform), {}
+    from ocimodel.registry.client import RegistryClient
     from ocimodel.registry.pull import pull_image
     from ocimodel.registry.reference import parse_reference
 
@@ -62,7 +63,8 @@ def load_base(ref_text: str, platform: Platform, layout: Layout, plain_http: boo
         ref = parse_reference(ref_text)
     except ValueError as exc:
         raise OcimodelError(f"--base {ref_text!r}: {exc}") from None
-    pulled = pull_image(ref, platform, layout, plain_http=plain_http)
+    with RegistryClient(ref.registry, plain_http=plain_http) as client:
+        pulled = pull_image(ref, platform, layout, client=client)
     return Base(pulled.manifest_json, pulled.config_json), {
         ANNOTATION_BASE_NAME: ref_text,
         ANNOTATION_BASE_DIGEST: pulled.manifest.digest,

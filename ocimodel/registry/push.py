@@ -1,0 +1,445 @@
+"""Push an OCI image layout to a registry: blobs in parallel, then manifests, then the index.
+
+Each blob is checked with HEAD first, mounted from another repository when one is known to hold it, and otherwise
+uploaded from disk, never from memory. Uploads are chunked where the registry does chunking right, so a failure
+resumes from the registry's ``Range`` instead of from zero; registries that get chunking wrong (ECR: 201 for an
+intermediate PATCH, a ``Range`` that stops advancing) get whole-blob uploads. Every failure mode either resumes,
+restarts the blob with a fresh upload session, or stops with one line saying why, before any manifest is pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable
+from urllib.parse import urljoin
+
+from ocimodel.errors import OcimodelError
+from ocimodel.layout.descriptor import ANNOTATION_REF_NAME, INDEX_TYPES, Descriptor
+from ocimodel.layout.store import Layout
+from ocimodel.progress import Reporter
+from ocimodel.units import human_size
+from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
+from ocimodel.registry.known import KnownBlobs
+from ocimodel.registry.reference import Reference
+
+log = logging.getLogger("ocimodel.registry")
+
+DEFAULT_CHUNK_SIZE = 128 << 20
+_ECR_HOST = re.compile(r"^\d{12}\.dkr(-fips)?\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?(:\d+)?$")
+_SESSION_LOST = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"})
+
+
+def is_ecr(registry: str) -> bool:
+    return bool(_ECR_HOST.match(registry))
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    jobs: int = 4
+    #: Chunk size for chunked uploads; 0 forces whole-blob uploads everywhere.
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    mount_from: tuple[str, ...] = ()
+    #: Upload attempts per blob (fresh sessions); resumes within a session do not count.
+    attempts: int = 5
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class BlobOutcome:
+    digest: str
+    size: int
+    outcome: str  # "uploaded", "skipped" or "mounted"
+    source: str | None = None  # the repository a mounted blob came from
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: str
+    digest: str
+    media_type: str
+    blobs: tuple[BlobOutcome, ...]
+
+    @property
+    def uri(self) -> str:
+        return f"oci://{self.reference}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "reference": self.reference,
+            "digest": self.digest,
+            "mediaType": self.media_type,
+            "uri": self.uri,
+            "blobs": [
+                {"digest": b.digest, "size": b.size, "outcome": b.outcome, **({"from": b.source} if b.source else {})}
+                for b in self.blobs
+            ],
+            "uploadedBytes": sum(b.size for b in self.blobs if b.outcome == "uploaded"),
+        }
+
+
+@dataclass(frozen=True)
+class _Image:
+    """What a push sends: blobs (deduplicated), then manifests in dependency order (children before parents)."""
+
+    top: Descriptor
+    blobs: tuple[Descriptor, ...]
+    manifests: tuple[tuple[Descriptor, bytes], ...]
+
+
+def select_tag(layout: Layout, tag: str | None) -> tuple[str, Descriptor]:
+    """The layout entry to push: ``tag``, else the only tag, else ``latest``."""
+    tags = layout.tags()
+    if tag is not None:
+        if tag not in tags:
+            known = ", ".join(sorted(tags)) or "none"
+            raise OcimodelError(f"layout {layout.root} has no tag {tag!r} (tags: {known})")
+        return tag, tags[tag]
+    if len(tags) == 1:
+        return next(iter(tags.items()))
+    if "latest" in tags:
+        return "latest", tags["latest"]
+    if not tags:
+        entries = layout.manifests()
+        if len(entries) == 1:
+            return "latest", entries[0]
+        raise OcimodelError(f"layout {layout.root} has no tagged image to push")
+    raise OcimodelError(f"layout {layout.root} has several tags ({', '.join(sorted(tags))}); pick one with --tag")
+
+
+def collect(layout: Layout, top: Descriptor) -> _Image:
+    """Walk the image from ``top`` and check every blob is in the layout with its size, before anything is sent."""
+    blobs: dict[str, Descriptor] = {}
+    manifests: list[tuple[Descriptor, bytes]] = []
+
+    def visit(desc: Descriptor) -> None:
+        data = layout.read_blob(desc.digest)
+        doc = _json(data, desc, layout)
+        media_type = desc.media_type or doc.get("mediaType", "")
+        if media_type in INDEX_TYPES or "manifests" in doc:
+            for child in doc.get("manifests", []):
+                visit(Descriptor.from_json(child))
+        else:
+            for raw in [doc["config"], *doc.get("layers", [])]:
+                blob = Descriptor.from_json(raw)
+                blobs.setdefault(blob.digest, blob)
+        manifests.append((Descriptor(media_type, desc.digest, desc.size, desc.annotations, desc.platform), data))
+
+    visit(top)
+    for blob in blobs.values():
+        path = layout.blob_path(blob.digest)
+        if not path.is_file():
+            raise OcimodelError(f"layout {layout.root} lacks blob {blob.digest}; pack it again (nothing was pushed)")
+        if path.stat().st_size != blob.size:
+            raise OcimodelError(
+                f"blob {blob.digest} in {layout.root} is {path.stat().st_size} bytes, not {blob.size}; "
+                "the layout is damaged: pack it again (nothing was pushed)"
+            )
+    return _Image(manifests[-1][0], tuple(blobs.values()), tuple(manifests))
+
+
+def _json(data: bytes, desc: Descriptor, layout: Layout) -> dict:  # type: ignore[type-arg]
+    import json
+
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise OcimodelError(f"{desc.digest} in {layout.root} is not a JSON manifest or index") from None
+    if not isinstance(doc, dict):
+        raise OcimodelError(f"{desc.digest} in {layout.root} is not a JSON manifest or index")
+    return doc
+
+
+class _Window:
+    """A read-only view of ``length`` bytes of a file from ``start``: a body requests can stream and measure."""
+
+    def __init__(self, path: Path, start: int, length: int, progress: Callable[[int], None]) -> None:
+        self._file: IO[bytes] = open(path, "rb", buffering=0)
+        self._file.seek(start)
+        self._left = length
+        self._length = length
+        self._progress = progress
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(self._left if n is None or n < 0 else min(n, self._left))
+        self._left -= len(data)
+        self._progress(len(data))
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Window:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ChunkingBroken(Exception):
+    """The registry mishandled a chunked upload; the blob starts over as a whole-blob upload."""
+
+
+@dataclass
+class _Session:
+    location: str
+    min_chunk: int = 0
+
+
+@dataclass
+class _Pusher:
+    client: RegistryClient
+    layout: Layout
+    repository: str
+    options: PushOptions
+    reporter: Reporter
+    known: KnownBlobs | None
+    chunking: bool
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- one blob -------------------------------------------------------------------------------------------
+
+    def push_blob(self, blob: Descriptor) -> BlobOutcome:
+        if self.client.head_blob(self.repository, blob.digest) is not None:
+            return BlobOutcome(blob.digest, blob.size, "skipped")
+        task = self.reporter.task(_label(blob), blob.size)
+        candidates = list(self.options.mount_from)
+        if self.known is not None:
+            candidates += [r for r in self.known.repositories(self.client.registry, blob.digest) if r not in candidates]
+        candidates = [r for r in candidates if r != self.repository]
+        failures = 0
+        while True:
+            self._check_stop()
+            sent = 0
+
+            def progress(n: int) -> None:
+                nonlocal sent
+                self._check_stop()
+                sent += n
+                task.advance(n)
+
+            try:
+                mount = candidates.pop(0) if candidates else None
+                session = self._start(blob, mount)
+                if session is None:
+                    task.finish(f"mounted from {mount}")
+                    return BlobOutcome(blob.digest, blob.size, "mounted", mount)
+                if self._use_chunks(blob.size):
+                    self._upload_chunked(blob, session, progress)
+                else:
+                    self._upload_whole(blob, session, progress)
+                task.finish("uploaded")
+                return BlobOutcome(blob.digest, blob.size, "uploaded")
+            except _ChunkingBroken as exc:
+                with self.lock:
+                    if self.chunking:
+                        log.warning("registry %s mishandles chunked uploads (%s): using whole-blob uploads", self.client.registry, exc)
+                    self.chunking = False
+            except RegistryError as exc:
+                failures += 1
+                if not exc.transient and not (exc.codes & _SESSION_LOST) or failures >= self.options.attempts:
+                    raise
+                delay = self.options.retry.delay(failures, exc.retry_after)
+                log.info("blob %s: %s; starting over in %.1fs", _short(blob.digest), exc, delay)
+                self.options.retry.sleep(delay)
+            task.advance(-sent)
+
+    def _start(self, blob: Descriptor, mount: str | None) -> _Session | None:
+        """Open an upload session; with ``mount``, first ask for a cross-repository mount (None: mounted)."""
+        url = self.client.url(self.repository, "blobs/uploads/")
+        params = {"mount": blob.digest, "from": mount} if mount else None
+        scopes = [f"repository:{mount}:pull"] if mount else []
+        response = self.client.request(
+            "POST", url, self.repository, actions=("pull", "push"), extra_scopes=scopes, params=params,
+            ok=(201, 202), retry=True,
+        )
+        with response:
+            if response.status_code == 201 and mount:
+                return None
+            if response.status_code == 201:
+                raise OcimodelError(f"registry {self.client.registry} answered 201 to a new upload of {blob.digest}")
+            location = urljoin(response.url, response.headers.get("Location", ""))
+            if not response.headers.get("Location"):
+                raise OcimodelError(f"registry {self.client.registry} opened an upload without a Location")
+            min_chunk = int(response.headers.get("OCI-Chunk-Min-Length", "0") or 0)
+        if mount:
+            log.info("blob %s: mount from %s refused; uploading", _short(blob.digest), mount)
+        return _Session(location, min_chunk)
+
+    def _use_chunks(self, size: int) -> bool:
+        return self.chunking and self.options.chunk_size > 0 and size > self.options.chunk_size
+
+    def _body(self, blob: Descriptor, start: int, length: int, progress: Callable[[int], None]) -> Callable[[], _Window]:
+        path = self.layout.blob_path(blob.digest)
+        return lambda: _Window(path, start, length, progress)
+
+    def _upload_whole(self, blob: Descriptor, session: _Session, progress: Callable[[int], None]) -> None:
+        """One PUT with the whole blob: what ECR handles, and the fewest round trips anywhere."""
+        sent = [0]
+
+        def counted(n: int) -> None:
+            sent[0] += n
+            progress(n)
+
+        def body() -> _Window:
+            # A resend after a 401 starts again from byte 0: take back what the bar already counted.
+            if sent[0]:
+                progress(-sent[0])
+                sent[0] = 0
+            return _Window(self.layout.blob_path(blob.digest), 0, blob.size, counted)
+
+        self.client.request(
+            "PUT", session.location, self.repository, actions=("pull", "push"), params={"digest": blob.digest},
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)},
+            body=body, ok=(201, 204), retry=False,
+        ).close()
+
+    def _upload_chunked(self, blob: Descriptor, session: _Session, progress: Callable[[int], None]) -> None:
+        """PATCH chunk after chunk; after a failure, ask the registry how far it got and go on from there."""
+        chunk = max(self.options.chunk_size, session.min_chunk)
+        offset = 0
+        stalls = 0
+        while offset < blob.size:
+            length = min(chunk, blob.size - offset)
+            end = offset + length - 1
+            try:
+                response = self.client.request(
+                    "PATCH", session.location, self.repository, actions=("pull", "push"),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{end}",
+                        "Content-Length": str(length),
+                    },
+                    body=self._body(blob, offset, length, progress), ok=(201, 202), retry=False,
+                )
+            except RegistryError as exc:
+                if not exc.transient or stalls >= self.options.attempts:
+                    raise
+                stalls += 1
+                self.options.retry.sleep(self.options.retry.delay(stalls, exc.retry_after))
+                resumed = self._resume_point(session)
+                log.info("blob %s: chunk %d-%d failed (%s); resuming at %d", _short(blob.digest), offset, end, exc, resumed)
+                progress(resumed - offset - length)
+                offset = resumed
+                continue
+            with response:
+                if response.status_code != 202:
+                    raise _ChunkingBroken(f"PATCH answered {response.status_code}, not 202")
+                got = _range_end(response.headers.get("Range"))
+                if got != end:
+                    raise _ChunkingBroken(f"Range {response.headers.get('Range')!r} after sending bytes {offset}-{end}")
+                session.location = urljoin(response.url, response.headers.get("Location") or session.location)
+            offset = end + 1
+        self.client.request(
+            "PUT", session.location, self.repository, actions=("pull", "push"), params={"digest": blob.digest},
+            headers={"Content-Length": "0"}, ok=(201, 204), retry=True,
+        ).close()
+
+    def _resume_point(self, session: _Session) -> int:
+        """The next byte the registry expects, from ``GET <upload URL>`` (204 with ``Range: 0-<end>``)."""
+        response = self.client.request(
+            "GET", session.location, self.repository, actions=("pull", "push"), ok=(204, 200)
+        )
+        with response:
+            session.location = urljoin(response.url, response.headers.get("Location") or session.location)
+            end = _range_end(response.headers.get("Range"))
+        return 0 if end is None else end + 1
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise _Cancelled
+
+    # --- manifests ------------------------------------------------------------------------------------------
+
+    def put_manifest(self, desc: Descriptor, data: bytes, reference: str) -> None:
+        response = self.client.request(
+            "PUT", self.client.url(self.repository, f"manifests/{reference}"), self.repository,
+            actions=("pull", "push"), headers={"Content-Type": desc.media_type}, body=data, ok=(200, 201),
+            retry=True,
+        )
+        with response:
+            answered = response.headers.get("Docker-Content-Digest")
+        if answered and answered != desc.digest:
+            raise OcimodelError(
+                f"registry {self.client.registry} stored manifest {desc.digest} as {answered}; it rewrote the bytes"
+            )
+
+
+class _Cancelled(Exception):
+    """Another blob failed, or the user interrupted: stop sending at the next chunk."""
+
+
+def _range_end(value: str | None) -> int | None:
+    """``0-1023`` (or ``bytes=0-1023``) → 1023."""
+    if not value:
+        return None
+    match = re.search(r"(\d+)-(\d+)", value)
+    return int(match.group(2)) if match else None
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[1][:12]
+
+
+def _label(blob: Descriptor) -> str:
+    title = blob.annotations.get("org.opencontainers.image.title")
+    return f"{_short(blob.digest)} {title}" if title else _short(blob.digest)
+
+
+def push(
+    layout: Layout,
+    ref: Reference,
+    *,
+    tag: str | None,
+    options: PushOptions,
+    reporter: Reporter,
+    client: RegistryClient,
+    known: KnownBlobs | None = None,
+) -> PushResult:
+    """Push the layout's image (``tag``, or its only tag) to ``ref``; the tag pushed defaults to the layout's."""
+    layout_tag, top = select_tag(layout, tag)
+    image = collect(layout, top)
+    target_tag = ref.tag or layout_tag
+    pusher = _Pusher(
+        client, layout, ref.repository, options, reporter, known,
+        chunking=options.chunk_size > 0 and not is_ecr(ref.registry),
+    )
+    outcomes = _push_blobs(pusher, image.blobs)
+    for desc, data in image.manifests[:-1]:
+        pusher.put_manifest(desc, data, desc.digest)
+    top_desc, top_data = image.manifests[-1]
+    pusher.put_manifest(top_desc, top_data, target_tag)
+    if known is not None:
+        known.record(client.registry, ref.repository, [b.digest for b in image.blobs])
+    return PushResult(f"{ref.registry}/{ref.repository}@{top_desc.digest}", top_desc.digest, top_desc.media_type, outcomes)
+
+
+def _push_blobs(pusher: _Pusher, blobs: tuple[Descriptor, ...]) -> tuple[BlobOutcome, ...]:
+    """Upload on ``jobs`` threads, largest blobs first so the long ones start early; first failure stops all."""
+    order = sorted(blobs, key=lambda b: -b.size)
+    with ThreadPoolExecutor(max_workers=max(1, pusher.options.jobs), thread_name_prefix="push") as pool:
+        futures = {b.digest: pool.submit(pusher.push_blob, b) for b in order}
+        try:
+            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            for failed in (f for f in done if f.exception() is not None):
+                failed.result()
+        except BaseException:
+            pusher.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return tuple(futures[b.digest].result() for b in blobs)
+
+
+def describe(result: PushResult) -> str:
+    counts = {k: sum(1 for b in result.blobs if b.outcome == k) for k in ("uploaded", "mounted", "skipped")}
+    sent = sum(b.size for b in result.blobs if b.outcome == "uploaded")
+    return ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" ({human_size(sent)} sent)"
+
