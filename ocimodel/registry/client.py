@@ -107,6 +107,23 @@ def _parse_retry_after(value: str) -> float | None:
         return None
 
 
+class _Adapter(requests.adapters.HTTPAdapter):
+    """Sends bodies in 1 MiB writes instead of urllib3's 16 KiB: fewer system calls for multi-GB blobs."""
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("blocksize", 1 << 20)
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _new_session() -> requests.Session:
+    """A session whose pool keeps a connection per upload thread, so parallel blobs don't reconnect."""
+    session = requests.Session()
+    adapter = _Adapter(pool_connections=4, pool_maxsize=32)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 class RegistryClient:
     """One registry, one ``requests.Session``, one authentication state.
 
@@ -126,7 +143,7 @@ class RegistryClient:
         self.registry = registry
         self.base_url = registry_url(registry, plain_http=plain_http)
         self._origin = urlsplit(self.base_url).netloc
-        self._session = session or requests.Session()
+        self._session = session or _new_session()
         self._retry = retry
         self._timeout = timeout
         self._auth = Authenticator(registry, keychain or default_keychain(), self._fetch_token)
