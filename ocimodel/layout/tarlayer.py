@@ -10,6 +10,7 @@ push announce ``Content-Length`` for a layer that was never written to disk.
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -57,6 +58,37 @@ def _padding(size: int) -> int:
     return -size % BLOCK
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """A run of the tar stream: literal bytes (headers, padding, the end) or a file's content."""
+
+    start: int
+    length: int
+    data: bytes = b""
+    source: Path | None = None
+
+
+def _segments(members: Iterable[Member]) -> list[_Segment]:
+    segments: list[_Segment] = []
+    offset = 0
+
+    def add(length: int, data: bytes = b"", source: Path | None = None) -> None:
+        nonlocal offset
+        if length:
+            segments.append(_Segment(offset, length, data, source))
+            offset += length
+
+    for member in members:
+        head = header(member)
+        add(len(head), head)
+        if not member.is_dir:
+            add(member.size, source=member.source)
+            pad = _padding(member.size)
+            add(pad, b"\0" * pad)
+    add(len(END_OF_ARCHIVE), END_OF_ARCHIVE)
+    return segments
+
+
 def tar_size(members: Iterable[Member]) -> int:
     """The exact length of ``tar_chunks(members)``, computed without reading any file."""
     return sum(len(header(m)) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
@@ -64,28 +96,46 @@ def tar_size(members: Iterable[Member]) -> int:
 
 def tar_chunks(members: Iterable[Member], chunk_size: int = CHUNK) -> Iterator[bytes]:
     """Yield the tar stream; each file is read once, in ``chunk_size`` pieces, and must not change meanwhile."""
-    for member in members:
-        yield header(member)
-        if member.is_dir:
+    return tar_range(members, 0, None, chunk_size)
+
+
+def tar_range(members: Iterable[Member], start: int, length: int | None, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    """Yield bytes ``start`` to ``start + length`` of the tar stream, reading only the files that range covers.
+
+    The stream is a pure function of the members and the files' bytes, so any part of it can be produced again:
+    an upload that failed halfway resumes from the registry's offset by seeking into the right file.
+    """
+    segments = _segments(members)
+    end = segments[-1].start + segments[-1].length if length is None else start + length
+    for seg in segments:
+        lo, hi = max(start, seg.start), min(end, seg.start + seg.length)
+        if lo >= hi:
             continue
-        assert member.source is not None
-        remaining = member.size
-        try:
-            with open(member.source, "rb", buffering=0) as f:
-                while remaining:
-                    data = f.read(min(chunk_size, remaining))
-                    if not data:
-                        break
-                    remaining -= len(data)
-                    yield data
-                grew = remaining == 0 and f.read(1)
-        except OSError as exc:
-            raise OcimodelError(f"cannot read {member.source}: {exc.strerror or exc}") from exc
-        if remaining or grew:
-            raise OcimodelError(f"{member.source} changed size while being packed; pack again once it is complete")
-        if pad := _padding(member.size):
-            yield b"\0" * pad
-    yield END_OF_ARCHIVE
+        if seg.source is None:
+            yield seg.data[lo - seg.start : hi - seg.start]
+        else:
+            yield from _file_range(seg.source, lo - seg.start, hi - lo, seg.length, chunk_size)
+
+
+def _file_range(path: Path, offset: int, length: int, size: int, chunk_size: int) -> Iterator[bytes]:
+    """Bytes of a file that must still be ``size`` long: a file that changed under us would corrupt the layer."""
+    changed = OcimodelError(f"{path} changed size while being packed; pack again once it is complete")
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise changed
+            f.seek(offset)
+            remaining = length
+            while remaining:
+                data = f.read(min(chunk_size, remaining))
+                if not data:
+                    raise changed
+                remaining -= len(data)
+                yield data
+            if os.fstat(f.fileno()).st_size != size:
+                raise changed
+    except OSError as exc:
+        raise OcimodelError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 class Compressor(Protocol):
