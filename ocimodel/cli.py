@@ -99,10 +99,11 @@ def pack(
     ),
     include: Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")] = [],
     exclude: Annotated[
-        list[str], typer.Option(help="Leave out files matching this glob (repeatable); Hub files left out are not fetched.")
+        list[str], typer.Option(help="Leave out files matching this glob (repeatable); not even downloaded.")
     ] = [],
     jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. [default: CPUs, max 4]")] = None,
     plain_http: Annotated[bool, typer.Option(help="Pull the base over plain HTTP (automatic for localhost).")] = False,
+    no_cache: Annotated[bool, typer.Option(help="Hash every layer again, even if its files did not change.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
 ) -> None:
     """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
@@ -118,6 +119,7 @@ def pack(
         compression=compression.value,
         filters=Filters(tuple(include), tuple(exclude)),
         plain_http=plain_http,
+        use_cache=not no_cache,
         **({"jobs": jobs} if jobs else {}),
     )
     reporter = make_reporter()

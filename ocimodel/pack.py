@@ -7,8 +7,8 @@ without SHA instructions hashing, not the disk, is the bottleneck.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +27,9 @@ from ocimodel.layout.descriptor import (
 from ocimodel.layout.image import Base, Layer, build_config, build_manifest, scratch
 from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
-from ocimodel.layout.tarlayer import encode_layer, tar_chunks, tar_size
+from ocimodel.layout.digestcache import DigestCache, layer_key
+from ocimodel.layout.tarlayer import LayerDigests, encode_layer, tar_chunks, tar_size
+from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
 from ocimodel.source import Filters, Provenance, Source
 
@@ -49,6 +51,8 @@ class PackOptions:
     filters: Filters = Filters()
     jobs: int = min(4, os.cpu_count() or 1)
     plain_http: bool = False
+    #: Reuse digests of layers whose files did not change (see ``digestcache``).
+    use_cache: bool = True
 
 
 def load_base(ref_text: str, platform: Platform, layout: Layout, plain_http: bool = False) -> tuple[Base, dict[str, str]]:
@@ -71,26 +75,8 @@ def load_base(ref_text: str, platform: Platform, layout: Layout, plain_http: boo
     }
 
 
-class Cancelled(Exception):
-    """Raised inside a layer thread when another layer failed or the user interrupted."""
-
-
-def build_layer(
-    plan: LayerPlan, layout: Layout, compression: str, reporter: Reporter, stop: threading.Event
-) -> Layer:
-    """Stream one layer into the layout, hashing tar and blob in the same pass."""
-    members = plan.members()
-    task = reporter.task(plan.title, tar_size(members))
-
-    def advance(n: int) -> None:
-        if stop.is_set():
-            raise Cancelled
-        task.advance(n)
-
-    with layout.writer(hashing=False) as blob:
-        digests = encode_layer(tar_chunks(members), compression, blob, advance)
-        blob.commit(digests.digest)
-    task.finish()
+def layer_of(plan: LayerPlan, digests: LayerDigests) -> Layer:
+    """The layer's descriptor (annotated with what it holds) and history line."""
     annotations = {ANNOTATION_TITLE: plan.title}
     if len(plan.files) == 1:
         annotations[ANNOTATION_FILEPATH] = plan.files[0].path
@@ -99,22 +85,48 @@ def build_layer(
     return Layer(descriptor, digests.diff_id, f"ocimodel: COPY {paths} /models/")
 
 
+def build_layer(
+    plan: LayerPlan,
+    layout: Layout,
+    compression: str,
+    reporter: Reporter,
+    cache: DigestCache | None,
+    stop: threading.Event,
+) -> Layer:
+    """Stream one layer into the layout, hashing tar and blob in the same pass, unless it is known and present."""
+    members = plan.members()
+    key = layer_key(plan, compression) if cache else None
+    known = cache.get(key) if cache and key else None
+    if known is not None and layout.has_blob(known.digest):
+        reporter.task(plan.title, 0).finish("unchanged")
+        return layer_of(plan, known)
+    task = reporter.task(plan.title, tar_size(members))
+
+    def advance(n: int) -> None:
+        check(stop)
+        task.advance(n)
+
+    with layout.writer(hashing=False) as blob:
+        digests = encode_layer(tar_chunks(members), compression, blob, advance)
+        blob.commit(digests.digest)
+    task.finish()
+    if cache and key:
+        cache.put(key, digests)
+    return layer_of(plan, digests)
+
+
 def build_layers(
-    plans: Sequence[LayerPlan], layout: Layout, compression: str, jobs: int, reporter: Reporter
+    plans: Sequence[LayerPlan],
+    layout: Layout,
+    compression: str,
+    jobs: int,
+    reporter: Reporter,
+    cache: DigestCache | None = None,
 ) -> list[Layer]:
     """Build layers on ``jobs`` threads; the first failure (or Ctrl-C) stops the others within a chunk."""
-    stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
-        futures = [pool.submit(build_layer, p, layout, compression, reporter, stop) for p in plans]
-        try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for failed in (f for f in done if f.exception() is not None):
-                failed.result()
-            return [f.result() for f in futures]
-        except BaseException:
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    return run_all(
+        lambda plan, stop: build_layer(plan, layout, compression, reporter, cache, stop), plans, jobs, "layer"
+    )
 
 
 def image_annotations(provenance: Provenance, base_annotations: dict[str, str]) -> dict[str, str]:
@@ -128,11 +140,19 @@ def image_annotations(provenance: Provenance, base_annotations: dict[str, str]) 
 
 def pack(source: Source, layout_dir: Path, options: PackOptions, reporter: Reporter) -> Descriptor:
     """Write the image for ``source`` into the layout and tag it; returns the manifest's descriptor."""
-    files = source.files(options.filters)
+    layout_root = layout_dir.resolve()
+    files = [f for f in source.files(options.filters) if layout_root not in f.local.parents]
     plans = plan_layers(files)
+    created = not layout_dir.exists()
     layout = Layout.create(layout_dir)
-    base, base_annotations = load_base(options.base, options.platform, layout, options.plain_http)
-    layers = build_layers(plans, layout, options.compression, options.jobs, reporter)
+    try:
+        base, base_annotations = load_base(options.base, options.platform, layout, options.plain_http)
+    except BaseException:
+        if created:  # nothing of value was written yet: leave no empty layout where there was nothing
+            shutil.rmtree(layout_dir, ignore_errors=True)
+        raise
+    cache = DigestCache() if options.use_cache else None
+    layers = build_layers(plans, layout, options.compression, options.jobs, reporter, cache)
     config = layout.put_json(OCI_CONFIG, build_config(base, options.platform, layers))
     annotations = image_annotations(source.provenance, base_annotations)
     manifest = layout.put_json(OCI_MANIFEST, build_manifest(config, base, layers, annotations))

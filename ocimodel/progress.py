@@ -79,8 +79,11 @@ class _PlainTask:
 
     def finish(self, note: str = "") -> None:
         elapsed = time.monotonic() - self.started
-        rate = human_size(self.done / elapsed) + "/s" if elapsed > 0 else ""
-        self._reporter.line(f"{self.label}: {note or 'done'} ({human_size(self.done)} in {elapsed:.1f} s, {rate})")
+        if self.done and elapsed > 0:
+            rate = human_size(self.done / elapsed)
+            self._reporter.line(f"{self.label}: {note or 'done'} ({human_size(self.done)} in {elapsed:.1f} s, {rate}/s)")
+        else:
+            self._reporter.line(f"{self.label}: {note or 'done'}")
         self._reporter.forget(self)
 
 

@@ -36,6 +36,17 @@ BUSYBOX_MULTI_PLATFORMS = ("linux/amd64", "linux/arm64")
 _INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own ocimodel cache (digest cache, known blobs), also seen by CLI subprocesses it starts.
+
+    Without this, one test's remembered digests or mount hints would change what another test exercises.
+    """
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",

@@ -7,47 +7,31 @@ a mount the registry refuses falls back to an ordinary upload, so a stale record
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable
+
+from ocimodel import localdb
 
 #: Repositories tried per blob at most: each refused mount is a wasted round trip.
 MAX_CANDIDATES = 2
-
-
-def default_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ocimodel" / "known-blobs.sqlite"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS known_blobs (registry TEXT, digest TEXT, repository TEXT, seen REAL, "
+    "PRIMARY KEY (registry, digest, repository))"
+)
 
 
 class KnownBlobs:
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or default_path()
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits on success and is always closed (sqlite3's own ``with`` does not close)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10)
-        try:
-            with db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS blobs (registry TEXT, digest TEXT, repository TEXT, seen REAL, "
-                    "PRIMARY KEY (registry, digest, repository))"
-                )
-                yield db
-        finally:
-            db.close()
+        self.path = path or localdb.default_path()
 
     def repositories(self, registry: str, digest: str) -> list[str]:
         """Repositories last seen holding ``digest``, most recent first."""
         try:
-            with self._connect() as db:
+            with localdb.connect(self.path, _SCHEMA) as db:
                 rows = db.execute(
-                    "SELECT repository FROM blobs WHERE registry = ? AND digest = ? ORDER BY seen DESC LIMIT ?",
+                    "SELECT repository FROM known_blobs WHERE registry = ? AND digest = ? ORDER BY seen DESC LIMIT ?",
                     (registry, digest, MAX_CANDIDATES),
                 ).fetchall()
         except (sqlite3.Error, OSError):
@@ -57,9 +41,9 @@ class KnownBlobs:
     def record(self, registry: str, repository: str, digests: Iterable[str]) -> None:
         now = time.time()
         try:
-            with self._connect() as db:
+            with localdb.connect(self.path, _SCHEMA) as db:
                 db.executemany(
-                    "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO known_blobs VALUES (?, ?, ?, ?)",
                     [(registry, d, repository, now) for d in digests],
                 )
         except (sqlite3.Error, OSError):

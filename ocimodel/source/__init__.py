@@ -1,16 +1,26 @@
-"""Where model files come from: a local directory now, a HuggingFace repo next.
+"""Where model files come from: a local directory or a HuggingFace Hub repo.
 
 A source yields ``SourceFile``s: a path inside the model (what the image calls ``/models/<path>``) and where the
 bytes are on disk. Everything downstream (layer planning, tar streams) sees only that, so any source that can put
-files on disk slots in.
+files on disk slots in: a Hub repo is downloaded into the HF cache and then read like a directory.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+
+from ocimodel.errors import OcimodelError
+
+if TYPE_CHECKING:
+    from ocimodel.progress import Reporter
+
+HUB_SCHEME = "hf://"
+#: ``org/name`` as the Hub spells repo ids: word characters, ``.`` and ``-``, neither first nor last, 96 at most.
+_REPO_ID = re.compile(r"(?!.*(?:--|\.\.))(\w(?:[\w.-]{0,94}\w)?)/(\w(?:[\w.-]{0,94}\w)?)")
 
 
 @dataclass(frozen=True)
@@ -18,6 +28,9 @@ class SourceFile:
     path: str
     local: Path
     size: int
+    #: The sha256 the source claims for the content (the Hub's LFS oid), not checked against the bytes: a key for
+    #: caching digests, never a substitute for hashing what is packed.
+    lfs_sha256: str | None = None
 
     @property
     def sort_key(self) -> tuple[str, ...]:
@@ -60,15 +73,34 @@ class Provenance:
 
 
 class Source(Protocol):
-    provenance: Provenance
+    @property
+    def provenance(self) -> Provenance: ...
 
     def files(self, filters: Filters) -> list[SourceFile]:
         """The model's files, sorted by path, with their bytes available on local disk."""
         ...
 
 
-def open_source(spec: str) -> Source:
-    """Pick the kind of source from what the user typed."""
+def open_source(
+    spec: str, *, revision: str | None = None, cache_dir: Path | None = None, reporter: Reporter | None = None
+) -> Source:
+    """Pick the kind of source from what the user typed: a path that exists, else a Hub repo id.
+
+    The path wins so that a local folder laid out as ``org/name`` still packs as a folder; ``hf://`` forces the Hub.
+    A Hub source resolves its revision here, so an unknown repo or revision fails before anything is written.
+    ``reporter`` shows download progress; ``cache_dir`` is where downloads go (default: huggingface_hub's cache).
+    """
     from ocimodel.source.local import LocalSource
 
-    return LocalSource.from_path(Path(spec))
+    if not spec.startswith(HUB_SCHEME) and Path(spec).exists():
+        if revision is not None:
+            raise OcimodelError(f"--revision picks a Hub commit, but {spec} is a local directory; drop --revision")
+        return LocalSource.from_path(Path(spec))
+    repo_id = spec.removeprefix(HUB_SCHEME)
+    if not _REPO_ID.fullmatch(repo_id):
+        raise OcimodelError(
+            f"source {spec} is neither an existing directory nor a HuggingFace repo id (org/name or hf://org/name)"
+        )
+    from ocimodel.source.hub import HubSource
+
+    return HubSource.open(repo_id, revision=revision, cache_dir=cache_dir, reporter=reporter)

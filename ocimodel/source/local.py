@@ -66,7 +66,10 @@ class LocalSource:
             rel = prefix + name
             path = Path(entry.path)
             link = entry.is_symlink()
-            real = path.resolve() if link else path
+            try:
+                real = path.resolve() if link else path
+            except (RuntimeError, OSError):  # a link loop: RuntimeError before Python 3.13, OSError after
+                raise OcimodelError(f"{path} is a symlink loop; remove the link") from None
             try:
                 st: os.stat_result | None = real.stat()
             except FileNotFoundError:

@@ -1,0 +1,65 @@
+"""Digests of layers already built, keyed on the identity of the files that went in.
+
+Hashing a 16 GB shard takes a minute on a machine without SHA instructions; when the same file (same path in the
+image, and the same inode, size and mtime, or the same Hub LFS sha256) is packed again with the same settings, the
+layer's bytes are the same, so its digests are too. Like make and rsync, this trusts that a file whose size and
+mtime did not change did not change; ``--no-cache`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from ocimodel import localdb
+from ocimodel.layout.plan import LayerPlan
+from ocimodel.layout.tarlayer import LayerDigests
+
+#: Part of every key: bump it whenever the bytes a plan produces change (tar headers, ordering, compression).
+FORMAT = "ocimodel-tar-1"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS layer_digests (key TEXT PRIMARY KEY, media_type TEXT, digest TEXT, size INTEGER, "
+    "diff_id TEXT, seen REAL)"
+)
+
+
+def layer_key(plan: LayerPlan, compression: str) -> str:
+    """A key that changes whenever anything that goes into the layer's bytes may have changed."""
+    files = []
+    for f in plan.files:
+        if f.lfs_sha256:
+            identity: list[object] = ["lfs", f.lfs_sha256, f.size]
+        else:
+            st = f.local.stat()
+            identity = ["stat", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        files.append([f.path, *identity])
+    blob = json.dumps([FORMAT, compression, files], separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class DigestCache:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or localdb.default_path()
+
+    def get(self, key: str) -> LayerDigests | None:
+        try:
+            with localdb.connect(self.path, _SCHEMA) as db:
+                row = db.execute(
+                    "SELECT media_type, digest, size, diff_id FROM layer_digests WHERE key = ?", (key,)
+                ).fetchone()
+        except (sqlite3.Error, OSError):
+            return None
+        return LayerDigests(row[0], row[1], int(row[2]), row[3]) if row else None
+
+    def put(self, key: str, digests: LayerDigests) -> None:
+        try:
+            with localdb.connect(self.path, _SCHEMA) as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO layer_digests VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, digests.media_type, digests.digest, digests.size, digests.diff_id, time.time()),
+                )
+        except (sqlite3.Error, OSError):
+            pass  # a digest we could not remember only costs a hash next time
