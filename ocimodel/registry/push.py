@@ -183,6 +183,28 @@ class _Window:
         self.close()
 
 
+class _Body:
+    """Opens the window a request sends, again for each resend, and keeps count of what the progress bar was told.
+
+    A resend after a 401 starts again from the window's first byte, so what the bar already counted is taken back;
+    after a failure, ``counted`` says how much of this body the bar holds.
+    """
+
+    def __init__(self, path: Path, start: int, length: int, progress: Callable[[int], None]) -> None:
+        self._path, self._start, self._length, self._progress = path, start, length, progress
+        self.counted = 0
+
+    def _count(self, n: int) -> None:
+        self.counted += n
+        self._progress(n)
+
+    def __call__(self) -> _Window:
+        if self.counted:
+            self._progress(-self.counted)
+            self.counted = 0
+        return _Window(self._path, self._start, self._length, self._count)
+
+
 class _ChunkingBroken(Exception):
     """The registry mishandled a chunked upload; the blob starts over as a whole-blob upload."""
 
@@ -245,7 +267,9 @@ class _Pusher:
                     self.chunking = False
             except RegistryError as exc:
                 failures += 1
-                if not exc.transient and not (exc.codes & _SESSION_LOST) or failures >= self.options.attempts:
+                # 416: the registry and we disagree on how much of the session it holds; a fresh one settles it.
+                restartable = exc.transient or bool(exc.codes & _SESSION_LOST) or exc.status == 416
+                if not restartable or failures >= self.options.attempts:
                     raise
                 delay = self.options.retry.delay(failures, exc.retry_after)
                 log.info("blob %s: %s; starting over in %.1fs", _short(blob.digest), exc, delay)
@@ -277,25 +301,12 @@ class _Pusher:
     def _use_chunks(self, size: int) -> bool:
         return self.chunking and self.options.chunk_size > 0 and size > self.options.chunk_size
 
-    def _body(self, blob: Descriptor, start: int, length: int, progress: Callable[[int], None]) -> Callable[[], _Window]:
-        path = self.layout.blob_path(blob.digest)
-        return lambda: _Window(path, start, length, progress)
+    def _body(self, blob: Descriptor, start: int, length: int, progress: Callable[[int], None]) -> _Body:
+        return _Body(self.layout.blob_path(blob.digest), start, length, progress)
 
     def _upload_whole(self, blob: Descriptor, session: _Session, progress: Callable[[int], None]) -> None:
         """One PUT with the whole blob: what ECR handles, and the fewest round trips anywhere."""
-        sent = [0]
-
-        def counted(n: int) -> None:
-            sent[0] += n
-            progress(n)
-
-        def body() -> _Window:
-            # A resend after a 401 starts again from byte 0: take back what the bar already counted.
-            if sent[0]:
-                progress(-sent[0])
-                sent[0] = 0
-            return _Window(self.layout.blob_path(blob.digest), 0, blob.size, counted)
-
+        body = self._body(blob, 0, blob.size, progress)
         self.client.request(
             "PUT", session.location, self.repository, actions=("pull", "push"), params={"digest": blob.digest},
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)},
@@ -310,6 +321,7 @@ class _Pusher:
         while offset < blob.size:
             length = min(chunk, blob.size - offset)
             end = offset + length - 1
+            body = self._body(blob, offset, length, progress)
             try:
                 response = self.client.request(
                     "PATCH", session.location, self.repository, actions=("pull", "push"),
@@ -318,7 +330,7 @@ class _Pusher:
                         "Content-Range": f"{offset}-{end}",
                         "Content-Length": str(length),
                     },
-                    body=self._body(blob, offset, length, progress), ok=(201, 202), retry=False,
+                    body=body, ok=(201, 202), retry=False,
                 )
             except RegistryError as exc:
                 if not exc.transient or stalls >= self.options.attempts:
@@ -327,7 +339,8 @@ class _Pusher:
                 self.options.retry.sleep(self.options.retry.delay(stalls, exc.retry_after))
                 resumed = self._resume_point(session)
                 log.info("blob %s: chunk %d-%d failed (%s); resuming at %d", _short(blob.digest), offset, end, exc, resumed)
-                progress(resumed - offset - length)
+                # The bar counted what left this process, not what the registry kept.
+                progress(resumed - offset - body.counted)
                 offset = resumed
                 continue
             with response:
@@ -338,6 +351,7 @@ class _Pusher:
                     raise _ChunkingBroken(f"Range {response.headers.get('Range')!r} after sending bytes {offset}-{end}")
                 session.location = urljoin(response.url, response.headers.get("Location") or session.location)
             offset = end + 1
+            stalls = 0  # only failures without progress in between add up; a long upload may meet many
         self.client.request(
             "PUT", session.location, self.repository, actions=("pull", "push"), params={"digest": blob.digest},
             headers={"Content-Length": "0"}, ok=(201, 204), retry=True,
@@ -351,7 +365,9 @@ class _Pusher:
         with response:
             session.location = urljoin(response.url, response.headers.get("Location") or session.location)
             end = _range_end(response.headers.get("Range"))
-        return 0 if end is None else end + 1
+        # distribution answers "0-0" for an empty upload as for a one-byte one: read it as empty. Should the registry
+        # hold that one byte after all, the next PATCH gets 416 and the blob starts over in a fresh session.
+        return 0 if not end else end + 1
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
