@@ -114,12 +114,12 @@ def tar_range(members: Iterable[Member], start: int, length: int | None, chunk_s
         if seg.source is None:
             yield seg.data[lo - seg.start : hi - seg.start]
         else:
-            yield from _file_range(seg.source, lo - seg.start, hi - lo, seg.length, chunk_size)
+            yield from read_range(seg.source, lo - seg.start, hi - lo, seg.length, chunk_size)
 
 
-def _file_range(path: Path, offset: int, length: int, size: int, chunk_size: int) -> Iterator[bytes]:
+def read_range(path: Path, offset: int, length: int, size: int, chunk_size: int = CHUNK) -> Iterator[bytes]:
     """Bytes of a file that must still be ``size`` long: a file that changed under us would corrupt the layer."""
-    changed = OcimodelError(f"{path} changed size while being packed; pack again once it is complete")
+    changed = OcimodelError(f"{path} changed size while being read; run again once it is complete")
     try:
         with open(path, "rb", buffering=0) as f:
             if os.fstat(f.fileno()).st_size != size:

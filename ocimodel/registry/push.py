@@ -9,23 +9,28 @@ restarts the blob with a fresh upload session, or stops with one line saying why
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Callable
+from functools import partial
+from typing import Callable, Iterable
 from urllib.parse import urljoin
+
+import requests
 
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import ANNOTATION_REF_NAME, INDEX_TYPES, Descriptor
 from ocimodel.layout.store import Layout
+from ocimodel.layout.tarlayer import read_range
+from ocimodel.parallel import Cancelled, run_all
 from ocimodel.progress import Reporter
-from ocimodel.units import human_size
 from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.reference import Reference
+from ocimodel.units import human_size
 
 log = logging.getLogger("ocimodel.registry")
 
@@ -143,8 +148,6 @@ def collect(layout: Layout, top: Descriptor) -> _Image:
 
 
 def _json(data: bytes, desc: Descriptor, layout: Layout) -> dict:  # type: ignore[type-arg]
-    import json
-
     try:
         doc = json.loads(data)
     except ValueError:
@@ -154,27 +157,76 @@ def _json(data: bytes, desc: Descriptor, layout: Layout) -> dict:  # type: ignor
     return doc
 
 
-class _Window:
-    """A read-only view of ``length`` bytes of a file from ``start``: a body requests can stream and measure."""
+@dataclass(frozen=True)
+class Upload:
+    """A blob to send: its size, its digest when known up front, and how to produce any range of its bytes again.
 
-    def __init__(self, path: Path, start: int, length: int, progress: Callable[[int], None]) -> None:
-        self._file: IO[bytes] = open(path, "rb", buffering=0)
-        self._file.seek(start)
-        self._left = length
+    ``read(start, length)`` yields the bytes; it is called again for every resend, resume or fresh session, so a blob
+    never has to be held in memory or even exist on disk (a tar layer is regenerated from the model files). With
+    ``digest`` None the digest is computed from the bytes as they are sent, and there is nothing to HEAD or mount.
+    """
+
+    size: int
+    digest: str | None
+    read: Callable[[int, int], Iterable[bytes]]
+    label: str
+
+
+def layout_upload(layout: Layout, blob: Descriptor) -> Upload:
+    path = layout.blob_path(blob.digest)
+    return Upload(blob.size, blob.digest, partial(read_range, path, size=blob.size), _label(blob))
+
+
+class _StreamHash:
+    """sha256 of a blob as it is sent, across resends and resumes: each byte counts once, in order."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.position = 0
+
+    def feed(self, offset: int, data: bytes) -> None:
+        if offset > self.position:
+            raise OcimodelError("internal error: an upload skipped bytes it never sent")
+        if offset + len(data) > self.position:
+            self._hash.update(data[self.position - offset :])
+            self.position = offset + len(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+class _Window:
+    """``length`` bytes from ``start`` of an upload, as a body requests can stream (``read``) and measure (``len``)."""
+
+    def __init__(
+        self, upload: Upload, start: int, length: int, progress: Callable[[int], None], hasher: _StreamHash | None
+    ) -> None:
+        self._chunks = iter(upload.read(start, length))
+        self._pending = b""
+        self._position = start
         self._length = length
         self._progress = progress
+        self._hasher = hasher
 
     def __len__(self) -> int:
         return self._length
 
     def read(self, n: int = -1) -> bytes:
-        data = self._file.read(self._left if n is None or n < 0 else min(n, self._left))
-        self._left -= len(data)
+        if not self._pending:
+            self._pending = next(self._chunks, b"")
+        data = self._pending if n is None or n < 0 else self._pending[:n]
+        self._pending = self._pending[len(data) :]
+        if self._hasher is not None:
+            self._hasher.feed(self._position, data)
+        self._position += len(data)
         self._progress(len(data))
         return data
 
     def close(self) -> None:
-        self._file.close()
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> _Window:
         return self
@@ -190,8 +242,12 @@ class _Body:
     after a failure, ``counted`` says how much of this body the bar holds.
     """
 
-    def __init__(self, path: Path, start: int, length: int, progress: Callable[[int], None]) -> None:
-        self._path, self._start, self._length, self._progress = path, start, length, progress
+    def __init__(
+        self, upload: Upload, start: int, length: int, progress: Callable[[int], None], hasher: _StreamHash | None
+    ) -> None:
+        self._args = (upload, start, length)
+        self._progress = progress
+        self._hasher = hasher
         self.counted = 0
 
     def _count(self, n: int) -> None:
@@ -202,7 +258,7 @@ class _Body:
         if self.counted:
             self._progress(-self.counted)
             self.counted = 0
-        return _Window(self._path, self._start, self._length, self._count)
+        return _Window(*self._args, self._count, self._hasher)
 
 
 class _ChunkingBroken(Exception):
@@ -216,50 +272,64 @@ class _Session:
 
 
 @dataclass
-class _Pusher:
+class Pusher:
+    """Sends blobs and manifests to one repository; shared by ``push`` (from a layout) and ``build`` (from files)."""
+
     client: RegistryClient
-    layout: Layout
     repository: str
     options: PushOptions
     reporter: Reporter
-    known: KnownBlobs | None
-    chunking: bool
-    stop: threading.Event = field(default_factory=threading.Event)
+    known: KnownBlobs | None = None
+    chunking: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # --- one blob -------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.chunking = self.chunking and self.options.chunk_size > 0 and not is_ecr(self.client.registry)
 
-    def push_blob(self, blob: Descriptor) -> BlobOutcome:
-        if self.client.head_blob(self.repository, blob.digest) is not None:
-            return BlobOutcome(blob.digest, blob.size, "skipped")
-        task = self.reporter.task(_label(blob), blob.size)
-        candidates = list(self.options.mount_from)
-        if self.known is not None:
-            candidates += [r for r in self.known.repositories(self.client.registry, blob.digest) if r not in candidates]
-        candidates = [r for r in candidates if r != self.repository]
+    def check_access(self) -> None:
+        """Fail fast, before any upload, on a registry that is unreachable or refuses us push access.
+
+        Without it, every parallel upload would find out on its own, after its own retries.
+        """
+        self.client.request(
+            "GET", f"{self.client.base_url}/v2/", self.repository, actions=("pull", "push"), ok=(200,)
+        ).close()
+
+    def push_all(self, uploads: Iterable[Upload]) -> list[BlobOutcome]:
+        """Upload on ``jobs`` threads, largest first so the long ones start early; the first failure stops all."""
+        order = sorted(uploads, key=lambda u: -u.size)
+        return run_all(self.push_blob, order, self.options.jobs, "push")
+
+    def push_blob(self, upload: Upload, stop: threading.Event | None = None) -> BlobOutcome:
+        if upload.digest is not None and self.client.head_blob(self.repository, upload.digest) is not None:
+            return BlobOutcome(upload.digest, upload.size, "skipped")
+        task = self.reporter.task(upload.label, upload.size)
+        candidates = self._mount_candidates(upload.digest) if upload.digest else []
         failures = 0
         while True:
-            self._check_stop()
+            _check(stop)
             sent = 0
 
             def progress(n: int) -> None:
                 nonlocal sent
-                self._check_stop()
+                _check(stop)
                 sent += n
                 task.advance(n)
 
             try:
                 mount = candidates.pop(0) if candidates else None
-                session = self._start(blob, mount)
+                session = self._start(upload, mount)
                 if session is None:
+                    assert upload.digest is not None
                     task.finish(f"mounted from {mount}")
-                    return BlobOutcome(blob.digest, blob.size, "mounted", mount)
-                if self._use_chunks(blob.size):
-                    self._upload_chunked(blob, session, progress)
+                    return BlobOutcome(upload.digest, upload.size, "mounted", mount)
+                hasher = None if upload.digest else _StreamHash()
+                if self._use_chunks(upload.size):
+                    digest = self._upload_chunked(upload, session, progress, hasher)
                 else:
-                    self._upload_whole(blob, session, progress)
+                    digest = self._upload_whole(upload, session, progress, hasher)
                 task.finish("uploaded")
-                return BlobOutcome(blob.digest, blob.size, "uploaded")
+                return BlobOutcome(digest, upload.size, "uploaded")
             except _ChunkingBroken as exc:
                 with self.lock:
                     if self.chunking:
@@ -272,14 +342,20 @@ class _Pusher:
                 if not restartable or failures >= self.options.attempts:
                     raise
                 delay = self.options.retry.delay(failures, exc.retry_after)
-                log.info("blob %s: %s; starting over in %.1fs", _short(blob.digest), exc, delay)
+                log.info("blob %s: %s; starting over in %.1fs", upload.label, exc, delay)
                 self.options.retry.sleep(delay)
             task.advance(-sent)
 
-    def _start(self, blob: Descriptor, mount: str | None) -> _Session | None:
+    def _mount_candidates(self, digest: str) -> list[str]:
+        candidates = list(self.options.mount_from)
+        if self.known is not None:
+            candidates += [r for r in self.known.repositories(self.client.registry, digest) if r not in candidates]
+        return [r for r in candidates if r != self.repository]
+
+    def _start(self, upload: Upload, mount: str | None) -> _Session | None:
         """Open an upload session; with ``mount``, first ask for a cross-repository mount (None: mounted)."""
         url = self.client.url(self.repository, "blobs/uploads/")
-        params = {"mount": blob.digest, "from": mount} if mount else None
+        params = {"mount": upload.digest or "", "from": mount} if mount else None
         scopes = [f"repository:{mount}:pull"] if mount else []
         response = self.client.request(
             "POST", url, self.repository, actions=("pull", "push"), extra_scopes=scopes, params=params,
@@ -289,56 +365,58 @@ class _Pusher:
             if response.status_code == 201 and mount:
                 return None
             if response.status_code == 201:
-                raise OcimodelError(f"registry {self.client.registry} answered 201 to a new upload of {blob.digest}")
+                raise OcimodelError(f"registry {self.client.registry} answered 201 to a new upload of {upload.label}")
             location = urljoin(response.url, response.headers.get("Location", ""))
             if not response.headers.get("Location"):
                 raise OcimodelError(f"registry {self.client.registry} opened an upload without a Location")
             min_chunk = int(response.headers.get("OCI-Chunk-Min-Length", "0") or 0)
         if mount:
-            log.info("blob %s: mount from %s refused; uploading", _short(blob.digest), mount)
+            log.info("blob %s: mount from %s refused; uploading", upload.label, mount)
         return _Session(location, min_chunk)
 
     def _use_chunks(self, size: int) -> bool:
         return self.chunking and self.options.chunk_size > 0 and size > self.options.chunk_size
 
-    def _body(self, blob: Descriptor, start: int, length: int, progress: Callable[[int], None]) -> _Body:
-        return _Body(self.layout.blob_path(blob.digest), start, length, progress)
+    def _upload_whole(
+        self, upload: Upload, session: _Session, progress: Callable[[int], None], hasher: _StreamHash | None
+    ) -> str:
+        """The whole blob in one request: a PUT when the digest is known (the fewest round trips, and what ECR
+        handles), else one streamed PATCH and a PUT with the digest computed on the way."""
+        body = _Body(upload, 0, upload.size, progress, hasher)
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(upload.size)}
+        if upload.digest is not None:
+            self._request("PUT", session.location, headers, body, params={"digest": upload.digest}).close()
+            return upload.digest
+        response = self._request("PATCH", session.location, headers, body, ok=(202,))
+        with response:
+            session.location = urljoin(response.url, response.headers.get("Location") or session.location)
+        return self._close(upload, session, hasher)
 
-    def _upload_whole(self, blob: Descriptor, session: _Session, progress: Callable[[int], None]) -> None:
-        """One PUT with the whole blob: what ECR handles, and the fewest round trips anywhere."""
-        body = self._body(blob, 0, blob.size, progress)
-        self.client.request(
-            "PUT", session.location, self.repository, actions=("pull", "push"), params={"digest": blob.digest},
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)},
-            body=body, ok=(201, 204), retry=False,
-        ).close()
-
-    def _upload_chunked(self, blob: Descriptor, session: _Session, progress: Callable[[int], None]) -> None:
+    def _upload_chunked(
+        self, upload: Upload, session: _Session, progress: Callable[[int], None], hasher: _StreamHash | None
+    ) -> str:
         """PATCH chunk after chunk; after a failure, ask the registry how far it got and go on from there."""
         chunk = max(self.options.chunk_size, session.min_chunk)
         offset = 0
         stalls = 0
-        while offset < blob.size:
-            length = min(chunk, blob.size - offset)
+        while offset < upload.size:
+            length = min(chunk, upload.size - offset)
             end = offset + length - 1
-            body = self._body(blob, offset, length, progress)
+            body = _Body(upload, offset, length, progress, hasher)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{end}",
+                "Content-Length": str(length),
+            }
             try:
-                response = self.client.request(
-                    "PATCH", session.location, self.repository, actions=("pull", "push"),
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{offset}-{end}",
-                        "Content-Length": str(length),
-                    },
-                    body=body, ok=(201, 202), retry=False,
-                )
+                response = self._request("PATCH", session.location, headers, body, ok=(201, 202))
             except RegistryError as exc:
                 if not exc.transient or stalls >= self.options.attempts:
                     raise
                 stalls += 1
                 self.options.retry.sleep(self.options.retry.delay(stalls, exc.retry_after))
                 resumed = self._resume_point(session)
-                log.info("blob %s: chunk %d-%d failed (%s); resuming at %d", _short(blob.digest), offset, end, exc, resumed)
+                log.info("blob %s: chunk %d-%d failed (%s); resuming at %d", upload.label, offset, end, exc, resumed)
                 # The bar counted what left this process, not what the registry kept.
                 progress(resumed - offset - body.counted)
                 offset = resumed
@@ -352,10 +430,31 @@ class _Pusher:
                 session.location = urljoin(response.url, response.headers.get("Location") or session.location)
             offset = end + 1
             stalls = 0  # only failures without progress in between add up; a long upload may meet many
-        self.client.request(
-            "PUT", session.location, self.repository, actions=("pull", "push"), params={"digest": blob.digest},
-            headers={"Content-Length": "0"}, ok=(201, 204), retry=True,
-        ).close()
+        return self._close(upload, session, hasher)
+
+    def _close(self, upload: Upload, session: _Session, hasher: _StreamHash | None) -> str:
+        """Finish the session with the blob's digest: known up front, or computed from every byte sent."""
+        if upload.digest is None:
+            assert hasher is not None and hasher.position == upload.size
+        digest = upload.digest or hasher.digest  # type: ignore[union-attr]
+        self._request("PUT", session.location, {"Content-Length": "0"}, None, params={"digest": digest}, retry=True).close()
+        return digest
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: _Body | None,
+        *,
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (201, 204),
+        retry: bool = False,
+    ) -> requests.Response:
+        return self.client.request(
+            method, url, self.repository, actions=("pull", "push"), headers=headers, params=params, body=body,
+            ok=ok, retry=retry,
+        )
 
     def _resume_point(self, session: _Session) -> int:
         """The next byte the registry expects, from ``GET <upload URL>`` (204 with ``Range: 0-<end>``)."""
@@ -368,10 +467,6 @@ class _Pusher:
         # distribution answers "0-0" for an empty upload as for a one-byte one: read it as empty. Should the registry
         # hold that one byte after all, the next PATCH gets 416 and the blob starts over in a fresh session.
         return 0 if not end else end + 1
-
-    def _check_stop(self) -> None:
-        if self.stop.is_set():
-            raise _Cancelled
 
     # --- manifests ------------------------------------------------------------------------------------------
 
@@ -389,8 +484,9 @@ class _Pusher:
             )
 
 
-class _Cancelled(Exception):
-    """Another blob failed, or the user interrupted: stop sending at the next chunk."""
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Cancelled
 
 
 def _range_end(value: str | None) -> int | None:
@@ -423,35 +519,17 @@ def push(
     """Push the layout's image (``tag``, or its only tag) to ``ref``; the tag pushed defaults to the layout's."""
     layout_tag, top = select_tag(layout, tag)
     image = collect(layout, top)
-    target_tag = ref.tag or layout_tag
-    pusher = _Pusher(
-        client, layout, ref.repository, options, reporter, known,
-        chunking=options.chunk_size > 0 and not is_ecr(ref.registry),
-    )
-    outcomes = _push_blobs(pusher, image.blobs)
+    pusher = Pusher(client, ref.repository, options, reporter, known)
+    pusher.check_access()
+    by_digest = {o.digest: o for o in pusher.push_all(layout_upload(layout, b) for b in image.blobs)}
     for desc, data in image.manifests[:-1]:
         pusher.put_manifest(desc, data, desc.digest)
     top_desc, top_data = image.manifests[-1]
-    pusher.put_manifest(top_desc, top_data, target_tag)
+    pusher.put_manifest(top_desc, top_data, ref.tag or layout_tag)
     if known is not None:
-        known.record(client.registry, ref.repository, [b.digest for b in image.blobs])
+        known.record(client.registry, ref.repository, list(by_digest))
+    outcomes = tuple(by_digest[b.digest] for b in image.blobs)
     return PushResult(f"{ref.registry}/{ref.repository}@{top_desc.digest}", top_desc.digest, top_desc.media_type, outcomes)
-
-
-def _push_blobs(pusher: _Pusher, blobs: tuple[Descriptor, ...]) -> tuple[BlobOutcome, ...]:
-    """Upload on ``jobs`` threads, largest blobs first so the long ones start early; first failure stops all."""
-    order = sorted(blobs, key=lambda b: -b.size)
-    with ThreadPoolExecutor(max_workers=max(1, pusher.options.jobs), thread_name_prefix="push") as pool:
-        futures = {b.digest: pool.submit(pusher.push_blob, b) for b in order}
-        try:
-            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-            for failed in (f for f in done if f.exception() is not None):
-                failed.result()
-        except BaseException:
-            pusher.stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return tuple(futures[b.digest].result() for b in blobs)
 
 
 def describe(result: PushResult) -> str:
