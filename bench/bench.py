@@ -1,18 +1,21 @@
-"""Benchmarks: ocimodel against this machine's floors, on a synthetic bf16-like model.
+"""Benchmarks: ocimodel against this machine's floors and against peer tools, on a synthetic bf16-like model.
 
-Not a test: it prints (and optionally writes) a Markdown table of wall time, throughput, ratio to the floor,
-CPU seconds and peak RSS. Run it from the repo root, e.g.::
+Not a test: it prints (and optionally writes) Markdown tables of wall time, throughput, ratio to a floor, CPU
+seconds, peak RSS and bytes written to disk. Run it from the repo root on a quiet machine, e.g.::
 
-    python3 bench/bench.py --size 4GiB --out docs/bench-pack.md
+    python3 bench/bench.py --size 4GiB --out docs/benchmarks.md
+    python3 bench/bench.py --only scaling --sizes 1GiB,4GiB,16GiB
 
-Every command runs under GNU ``/usr/bin/time`` so CPU and peak RSS are the kernel's numbers, not ours. Caches are
-warm: the model is read once before timing, so the floors and ocimodel see the same page cache.
+Every command runs under GNU ``/usr/bin/time``, so CPU, peak RSS and disk writes are the kernel's numbers. Caches
+are warm: the model is read once before timing, so every contender sees the same page cache. Each registry case
+gets a fresh Debian ``docker-registry`` on 127.0.0.1 (the tests' harness), so nothing is skipped because an earlier
+case uploaded it. olot (PyPI) is installed into a venv under the work directory on first use.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import os
 import random
 import shlex
@@ -21,21 +24,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
-from ocimodel.units import parse_size
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ocimodel.units import parse_size  # noqa: E402
+from tests.harness.busybox import build_busybox_layout, push_layout_with_skopeo  # noqa: E402
+from tests.harness.registry import Registry, run_registry  # noqa: E402
 
 SHARD = 1 << 30
 CHUNK = 1 << 20
+OCIMODEL = [sys.executable, "-m", "ocimodel"]
 
 
 def make_model(root: Path, total: int, shard: int = SHARD) -> None:
-    """bf16-like shards: random high bytes (barely compressible, like real weights) and a small config."""
+    """bf16-like shards: random bytes (barely compressible, like real weights) and small config files."""
     root.mkdir(parents=True, exist_ok=True)
     count = max(1, -(-total // shard))
-    rng = random.Random(0)
-    block = bytearray(rng.randbytes(CHUNK))
+    block = bytearray(random.Random(0).randbytes(CHUNK))
     for i in range(count):
         size = min(shard, total - i * shard)
         path = root / f"model-{i + 1:05d}-of-{count:05d}.safetensors"
@@ -44,8 +54,7 @@ def make_model(root: Path, total: int, shard: int = SHARD) -> None:
         with open(path, "wb") as f:
             written = 0
             while written < size:
-                block[:8] = written.to_bytes(8, "little")
-                block[8:16] = i.to_bytes(8, "little")
+                block[:16] = written.to_bytes(8, "little") + i.to_bytes(8, "little")
                 n = min(CHUNK, size - written)
                 f.write(block[:n])
                 written += n
@@ -53,8 +62,8 @@ def make_model(root: Path, total: int, shard: int = SHARD) -> None:
     (root / "tokenizer.json").write_text('{"version": "1.0"}\n')
 
 
-def model_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+def model_files(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.iterdir() if p.is_file())
 
 
 @dataclass(frozen=True)
@@ -63,64 +72,34 @@ class Run:
     wall: float
     cpu: float
     rss_mib: float
-    command: str
+    written_mib: float
 
 
-def timed(name: str, argv: list[str], **kwargs: object) -> Run:
-    fmt = "%e %U %S %M"
+def timed(name: str, argv: list[str], env: dict[str, str] | None = None) -> Run:
     with tempfile.NamedTemporaryFile("r") as out:
         subprocess.run(
-            ["/usr/bin/time", "-f", fmt, "-o", out.name, *argv],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            **kwargs,  # type: ignore[arg-type]
+            ["/usr/bin/time", "-f", "%e %U %S %M %O", "-o", out.name, *argv],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
-        wall, user, system, rss = out.read().split()[-4:]
-    return Run(name, float(wall), float(user) + float(system), int(rss) / 1024, shlex.join(argv))
+        wall, user, system, rss, blocks = out.read().split()[-5:]
+    return Run(name, float(wall), float(user) + float(system), int(rss) / 1024, int(blocks) * 512 / 2**20)
 
 
-FLOOR_SCRIPT = """
+HASH_FLOOR = """
 import hashlib, os, sys
 from concurrent.futures import ThreadPoolExecutor
+out = sys.argv[1]
 def one(src):
     h = hashlib.sha256()
-    dst = os.path.join(sys.argv[1], os.path.basename(src))
-    with open(src, "rb", buffering=0) as f, open(dst, "wb") as o:
+    dst = open(os.path.join(out, os.path.basename(src)), "wb") if out != "-" else None
+    with open(src, "rb", buffering=0) as f:
         while b := f.read(1 << 20):
-            h.update(b); o.write(b)
-        o.flush(); os.fsync(o.fileno())
+            h.update(b)
+            if dst: dst.write(b)
+    if dst: dst.flush(); os.fsync(dst.fileno()); dst.close()
 with ThreadPoolExecutor(int(sys.argv[2])) as ex:
     list(ex.map(one, sys.argv[3:]))
 """
-
-
-def bench_pack(model: Path, work: Path, jobs: int) -> list[Run]:
-    files = sorted(str(p) for p in model.iterdir() if p.is_file())
-    runs = [timed("page-cache read (cat)", ["sh", "-c", f"cat {' '.join(map(shlex.quote, files))} > /dev/null"])]
-    runs.append(timed("openssl dgst -sha256 (1 core)", ["openssl", "dgst", "-sha256", *files]))
-    for threads in sorted({1, jobs}):
-        out = work / f"floor-{threads}"
-        out.mkdir()
-        runs.append(
-            timed(
-                f"floor: read+sha256+write+fsync, {threads} thread(s)",
-                [sys.executable, "-c", FLOOR_SCRIPT, str(out), str(threads), *files],
-            )
-        )
-        shutil.rmtree(out)
-    for compression in ("none",):
-        layout = work / f"layout-{compression}"
-        runs.append(
-            timed(
-                f"ocimodel pack (--compression {compression}, --jobs {jobs})",
-                [sys.executable, "-m", "ocimodel", "pack", str(model), str(layout), "--base", "scratch",
-                 "--compression", compression, "--jobs", str(jobs)],
-            )
-        )
-        shutil.rmtree(layout)
-    return runs
-
 
 CURL_FLOOR = r"""
 set -eu
@@ -137,86 +116,204 @@ printf '%s\n' "$@" | xargs -P 2 -I{} bash -c 'put {}'
 """
 
 
-def bench_push(layout: Path, work: Path, jobs: int) -> list[Run]:
-    """Each case gets a fresh registry, so nothing is skipped because an earlier case uploaded it."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.harness.registry import run_registry
-
-    blobs = [str(p) for p in (layout / "blobs" / "sha256").iterdir() if p.stat().st_size > 1 << 20]
-    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
-    cases: list[tuple[str, list[str]]] = [
-        ("registry ingest floor: curl PUT per blob, 2 at a time", ["bash", "-c", CURL_FLOOR, "floor", "{host}", *blobs]),
-        (f"ocimodel push (chunked 128MiB, --jobs {jobs})",
-         [sys.executable, "-m", "ocimodel", "push", str(layout), "{host}/bench/ocimodel:v1", "--jobs", str(jobs)]),
-        (f"ocimodel push (whole-blob, --jobs {jobs})",
-         [sys.executable, "-m", "ocimodel", "push", str(layout), "{host}/bench/ocimodel:v1", "--jobs", str(jobs),
-          "--chunk-size", "0"]),
-        ("skopeo copy --preserve-digests",
-         ["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
-          f"oci:{layout}:latest", "docker://{host}/bench/skopeo:v1"]),
-    ]
-    runs = []
-    for i, (name, argv) in enumerate(cases):
-        with run_registry(work / f"registry-{i}") as registry:
-            runs.append(timed(name, [a.replace("{host}", registry.host) for a in argv], env=env))
-        shutil.rmtree(work / f"registry-{i}")
-    return runs
+def hash_floor(model: Path, threads: int) -> Run:
+    return timed(f"hash floor: read + sha256, {threads} thread(s)",
+                 [sys.executable, "-c", HASH_FLOOR, "-", str(threads), *model_files(model)])
 
 
-def table(runs: list[Run], size: int, floor_name: str) -> str:
-    floor = next(r.wall for r in runs if r.name == floor_name)
-    lines = [
-        "| what | wall s | GB/s | × floor | CPU s | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+class Bench:
+    def __init__(self, work: Path, jobs: int) -> None:
+        self.work = work
+        self.jobs = jobs
+        self.env = {**os.environ, "XDG_CACHE_HOME": str(work / "xdg-cache")}
+        self.busybox = work / "busybox-layout"
+        if not self.busybox.exists():
+            build_busybox_layout(self.busybox)
+
+    def fresh_cache(self) -> None:
+        shutil.rmtree(self.work / "xdg-cache", ignore_errors=True)
+
+    @contextmanager
+    def registry(self, name: str) -> Iterator[Registry]:
+        """A fresh registry with the test busybox base in it (pushed untimed), removed afterwards."""
+        path = self.work / f"registry-{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        with run_registry(path) as registry:
+            push_layout_with_skopeo(self.busybox, registry.host, "library/busybox", "latest")
+            yield registry
+        shutil.rmtree(path, ignore_errors=True)
+
+    def base_ref(self, registry: Registry) -> str:
+        digest = registry.fetch_manifest("library/busybox", "latest").digest
+        return f"{registry.host}/library/busybox@{digest}"
+
+    # --- sections -----------------------------------------------------------------------------------------------
+
+    def pack(self, model: Path) -> list[Run]:
+        files = model_files(model)
+        runs = [
+            timed("page-cache read (cat)", ["sh", "-c", f"cat {shlex.join(files)} > /dev/null"]),
+            timed("openssl dgst -sha256 (1 core)", ["openssl", "dgst", "-sha256", *files]),
+            hash_floor(model, self.jobs),
+        ]
+        out = self.work / "floor-out"
+        out.mkdir(exist_ok=True)
+        runs.append(timed(f"floor: read + sha256 + write + fsync, {self.jobs} thread(s)",
+                          [sys.executable, "-c", HASH_FLOOR, str(out), str(self.jobs), *files]))
+        shutil.rmtree(out)
+        layout = self.work / "pack-layout"
+        self.fresh_cache()
+        runs.append(timed(f"ocimodel pack (--jobs {self.jobs})",
+                          [*OCIMODEL, "pack", str(model), str(layout), "--base", "scratch", "--jobs", str(self.jobs)],
+                          self.env))
+        runs.append(timed("ocimodel pack again (layers cached)",
+                          [*OCIMODEL, "pack", str(model), str(layout), "--base", "scratch"], self.env))
+        shutil.rmtree(layout)
+        return runs
+
+    def push(self, model: Path) -> list[Run]:
+        layout = self.work / "push-layout"
+        subprocess.run([*OCIMODEL, "pack", str(model), str(layout), "--base", "scratch"], check=True,
+                       capture_output=True, env=self.env)
+        blobs = [str(p) for p in (layout / "blobs" / "sha256").iterdir() if p.stat().st_size > CHUNK]
+        cases: list[tuple[str, Callable[[Registry], list[str]]]] = [
+            ("registry ingest floor: curl PUT per blob, 2 at a time",
+             lambda r: ["bash", "-c", CURL_FLOOR, "floor", r.host, *blobs]),
+            ("ocimodel push (chunked 128MiB, --jobs 4)",
+             lambda r: [*OCIMODEL, "push", str(layout), f"{r.host}/bench/ocimodel:v1"]),
+            ("ocimodel push (whole-blob, --jobs 4)",
+             lambda r: [*OCIMODEL, "push", str(layout), f"{r.host}/bench/ocimodel:v1", "--chunk-size", "0"]),
+            ("skopeo copy --preserve-digests",
+             lambda r: ["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
+                        f"oci:{layout}:latest", f"docker://{r.host}/bench/skopeo:v1"]),
+        ]
+        runs = []
+        for i, (name, argv) in enumerate(cases):
+            with self.registry(f"push-{i}") as registry:
+                self.fresh_cache()
+                runs.append(timed(name, argv(registry), self.env))
+        shutil.rmtree(layout)
+        return runs
+
+    def build(self, model: Path) -> list[Run]:
+        runs = [hash_floor(model, self.jobs)]
+        with self.registry("build-floor") as registry:
+            blobs = model_files(model)
+            staged = self.work / "staged"
+            staged.mkdir(exist_ok=True)
+            # The curl floor needs files named by digest; link them (no copy) under those names.
+            for f in blobs:
+                digest = subprocess.run(["sha256sum", f], capture_output=True, text=True, check=True).stdout.split()[0]
+                target = staged / digest
+                if not target.exists():
+                    os.link(f, target)
+            runs.append(timed("registry ingest floor: curl PUT per file, 2 at a time",
+                              ["bash", "-c", CURL_FLOOR, "floor", registry.host, *map(str, staged.iterdir())]))
+            shutil.rmtree(staged)
+        for name, extra in (("ocimodel build (one pass)", []), ("ocimodel build --two-pass", ["--two-pass"])):
+            with self.registry(name.split()[-1]) as registry:
+                self.fresh_cache()
+                argv = [*OCIMODEL, "build", str(model), f"{registry.host}/bench/build:v1",
+                        "--base", self.base_ref(registry), *extra]
+                runs.append(timed(name, argv, self.env))
+                if not extra:
+                    runs.append(timed("ocimodel build again (unchanged: cached digests, HEAD only)", argv, self.env))
+        with self.registry("pack-push") as registry:
+            self.fresh_cache()
+            layout = self.work / "pp-layout"
+            script = (f"{shlex.join([*OCIMODEL, 'pack', str(model), str(layout), '--base', self.base_ref(registry)])}"
+                      f" && {shlex.join([*OCIMODEL, 'push', str(layout), f'{registry.host}/bench/pp:v1'])}")
+            runs.append(timed("ocimodel pack + ocimodel push", ["sh", "-c", script], self.env))
+            shutil.rmtree(layout)
+        olot = self.olot()
+        with self.registry("olot") as registry:
+            layout = self.work / "olot-layout"
+            shutil.rmtree(layout, ignore_errors=True)
+            script = " && ".join([
+                shlex.join(["cp", "-r", str(self.busybox), str(layout)]),
+                shlex.join([olot, "--root-dir", str(model), str(layout), *model_files(model)]),
+                shlex.join(["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests",
+                            "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{registry.host}/bench/olot:v1"]),
+            ])
+            runs.append(timed("olot + skopeo copy (the closest peer)", ["sh", "-c", script]))
+            shutil.rmtree(layout)
+        return runs
+
+    def olot(self) -> str:
+        venv = self.work / "olot-venv"
+        if not (venv / "bin" / "olot").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "olot"], check=True)
+        return str(venv / "bin" / "olot")
+
+    def scaling(self, sizes: list[int]) -> list[tuple[int, Run]]:
+        rows = []
+        for size in sizes:
+            model = self.work / f"model-{size}"
+            make_model(model, size)
+            subprocess.run(["sh", "-c", f"cat {shlex.quote(str(model))}/* > /dev/null"], check=True)
+            with self.registry(f"scale-{size}") as registry:
+                self.fresh_cache()
+                rows.append((size, timed(f"ocimodel build, {size / 2**30:.0f} GiB",
+                                         [*OCIMODEL, "build", str(model), f"{registry.host}/bench/scale:v1",
+                                          "--base", self.base_ref(registry)], self.env)))
+        return rows
+
+
+def table(runs: list[Run], size: int, floor: Run) -> str:
+    lines = ["| what | wall s | GB/s | × floor | CPU s | peak RSS MiB | disk written MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         rate = size / r.wall / 1e9 if r.wall else float("inf")
-        lines.append(f"| {r.name} | {r.wall:.2f} | {rate:.2f} | {r.wall / floor:.2f} | {r.cpu:.1f} | {r.rss_mib:.0f} |")
+        lines.append(f"| {r.name} | {r.wall:.2f} | {rate:.2f} | {r.wall / floor.wall:.2f} | {r.cpu:.1f} | "
+                     f"{r.rss_mib:.0f} | {r.written_mib:.0f} |")
     return "\n".join(lines)
-
-
-def section(title: str, size: int, body: str, note: str) -> str:
-    return f"## {title}: {size / 2**30:.1f} GiB synthetic model\n\n{body}\n\n{note}\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="4GiB", help="synthetic model size (default 4GiB)")
-    parser.add_argument("--work", type=Path, default=Path("bench/out"), help="scratch directory (kept: reused)")
+    parser.add_argument("--sizes", default="1GiB,4GiB,16GiB", help="model sizes for --only scaling")
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / "out", help="scratch directory (models reused)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
-    parser.add_argument("--only", choices=("pack", "push"), help="run one part only")
+    parser.add_argument("--only", choices=("pack", "push", "build", "scaling"), help="run one part only")
     args = parser.parse_args()
 
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(work, args.jobs)
     size = parse_size(args.size)
-    args.work = args.work.resolve()
-    model = args.work / f"model-{size}"
+    model = work / f"model-{size}"
     make_model(model, size)
-    total = model_bytes(model)
+    total = sum(p.stat().st_size for p in model.iterdir())
     subprocess.run(["sh", "-c", f"cat {shlex.quote(str(model))}/* > /dev/null"], check=True)
+    title = f"{total / 2**30:.1f} GiB synthetic model"
     sections = []
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        if args.only in (None, "pack"):
-            runs = bench_pack(model, Path(tmp), args.jobs)
-            floor_name = f"floor: read+sha256+write+fsync, {args.jobs} thread(s)"
-            sections.append(
-                section("pack", total, table(runs, total, floor_name),
-                        f"× floor is relative to *{floor_name}*: the same bytes read once, hashed once, written once.")
-            )
-        if args.only in (None, "push"):
-            layout = Path(tmp) / "push-layout"
-            subprocess.run([sys.executable, "-m", "ocimodel", "pack", str(model), str(layout), "--base", "scratch"],
-                           check=True, capture_output=True)
-            runs = bench_push(layout, Path(tmp), 4)
-            floor_name = runs[0].name
-            sections.append(
-                section("push to a fresh local docker-registry", total, table(runs, total, floor_name),
-                        f"× floor is relative to *{floor_name}*: the registry's own ingest limit.")
-            )
-    report = "\n".join(
-        [f"`{shlex.join(['python3', 'bench/bench.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')}, "
-         f"{os.cpu_count()} CPUs, warm page cache", "", *sections]
-    )
+    if args.only in (None, "pack"):
+        runs = bench.pack(model)
+        sections.append(f"## pack: {title}\n\n{table(runs, total, runs[3])}\n\n× floor: relative to *{runs[3].name}*, "
+                        "the same bytes read once, hashed once, written and fsynced once.\n")
+    if args.only in (None, "push"):
+        runs = bench.push(model)
+        sections.append(f"## push to a fresh local docker-registry: {title}\n\n{table(runs, total, runs[0])}\n\n"
+                        f"× floor: relative to *{runs[0].name}*, the registry's own ingest limit.\n")
+    if args.only in (None, "build"):
+        runs = bench.build(model)
+        floor = max(runs[:2], key=lambda r: r.wall)
+        sections.append(f"## build: model files to a fresh local docker-registry, busybox base: {title}\n\n"
+                        f"{table(runs, total, floor)}\n\n× floor: relative to the slower of the hash floor and the "
+                        f"registry's ingest limit (*{floor.name}*).\n")
+    if args.only == "scaling":
+        rows = bench.scaling([parse_size(s) for s in args.sizes.split(",")])
+        lines = ["| model | wall s | s per GiB | CPU s | peak RSS MiB | disk written MiB |", "|---|---:|---:|---:|---:|---:|"]
+        for s, r in rows:
+            lines.append(f"| {s / 2**30:.0f} GiB | {r.wall:.1f} | {r.wall / (s / 2**30):.2f} | {r.cpu:.1f} | "
+                         f"{r.rss_mib:.0f} | {r.written_mib:.0f} |")
+        sections.append("## build time against model size\n\n" + "\n".join(lines) + "\n")
+    command = shlex.join(["python3", "bench/bench.py", *sys.argv[1:]])
+    report = "\n".join([f"`{command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs "
+                        f"({json.dumps(os.uname().machine)}), warm page cache.", "", *sections])
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,18 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ocimodel import __version__
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import Platform
+
+if TYPE_CHECKING:
+    from ocimodel.pack import PackOptions
+    from ocimodel.registry.client import RegistryClient
+    from ocimodel.registry.reference import Reference
 
 app = typer.Typer(
     name="ocimodel",
@@ -79,40 +84,55 @@ def _tag(text: str) -> str:
     return text
 
 
-@app.command()
-def pack(
-    source: Annotated[str, typer.Argument(help="Model directory, or HuggingFace repo id (org/name or hf://org/name).")],
-    layout: Annotated[Path, typer.Argument(help="OCI image layout directory to write (created if missing).")],
-    revision: Annotated[
-        Optional[str], typer.Option(help="Hub branch, tag or commit; recorded as its commit. [default: default branch]")
-    ] = None,
-    cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Where Hub downloads are cached. [default: HF_HUB_CACHE, or HF_HOME/hub]")
-    ] = None,
-    base: Annotated[
-        Optional[str], typer.Option(help="Base image pinned by digest (REPO@sha256:…), or 'scratch'. [default: busybox]")
-    ] = None,
-    platform: Annotated[str, typer.Option(help="os/arch[/variant] of the image.")] = "linux/amd64",
-    tag: Annotated[str, typer.Option(help="Tag stored in the layout's index.json.")] = "latest",
-    compression: Annotated[Compression, typer.Option(help="Layer compression (weights barely compress).")] = (
-        Compression.none
-    ),
-    include: Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")] = [],
-    exclude: Annotated[
-        list[str], typer.Option(help="Leave out files matching this glob (repeatable); not even downloaded.")
-    ] = [],
-    jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. [default: CPUs, max 4]")] = None,
-    plain_http: Annotated[bool, typer.Option(help="Pull the base over plain HTTP (automatic for localhost).")] = False,
-    no_cache: Annotated[bool, typer.Option(help="Hash every layer again, even if its files did not change.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
-) -> None:
-    """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
-    from ocimodel.pack import DEFAULT_BASE, PackOptions
-    from ocimodel.pack import pack as run_pack
-    from ocimodel.progress import make_reporter
-    from ocimodel.source import Filters, open_source
+# Options shared by several commands, declared once so their names, defaults and help stay the same everywhere.
+SourceArg = Annotated[str, typer.Argument(help="Model directory, or HuggingFace repo id (org/name or hf://org/name).")]
+RevisionOpt = Annotated[
+    Optional[str], typer.Option(help="Hub branch, tag or commit; recorded as its commit. [default: main]")
+]
+CacheDirOpt = Annotated[
+    Optional[Path], typer.Option(help="Where Hub downloads are cached. [default: HF_HUB_CACHE, or HF_HOME/hub]")
+]
+BaseOpt = Annotated[
+    Optional[str], typer.Option(help="Base image pinned by digest (REPO@sha256:…), or 'scratch'. [default: busybox]")
+]
+PlatformOpt = Annotated[str, typer.Option(help="os/arch or os/arch/variant of the image, e.g. linux/arm64.")]
+CompressionOpt = Annotated[Compression, typer.Option(help="Layer compression (weights barely compress).")]
+IncludeOpt = Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")]
+ExcludeOpt = Annotated[list[str], typer.Option(help="Leave out files matching this glob (repeatable); not even downloaded.")]
+NoCacheOpt = Annotated[bool, typer.Option(help="Hash every layer again, even if its files did not change.")]
+PlainHttpOpt = Annotated[bool, typer.Option(help="Use plain HTTP (automatic for localhost and 127.0.0.0/8).")]
+ChunkSizeOpt = Annotated[
+    str, typer.Option(help="Chunk size for resumable chunked uploads, e.g. 64MiB; 0 for whole-blob uploads.")
+]
+MountFromOpt = Annotated[list[str], typer.Option(help="Repository of the same registry to mount blobs from (repeatable).")]
+UsernameOpt = Annotated[Optional[str], typer.Option(help="Registry user name (with --password-stdin).")]
+PasswordStdinOpt = Annotated[bool, typer.Option(help="Read the registry password or token from stdin.")]
 
-    options = PackOptions(
+
+def _size(text: str) -> int:
+    from ocimodel.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _pack_options(
+    base: str | None,
+    platform: str,
+    tag: str,
+    compression: Compression,
+    include: list[str],
+    exclude: list[str],
+    jobs: int | None,
+    plain_http: bool,
+    no_cache: bool,
+) -> PackOptions:
+    from ocimodel.pack import DEFAULT_BASE, PackOptions
+    from ocimodel.source import Filters
+
+    return PackOptions(
         base=base or DEFAULT_BASE,
         platform=_platform(platform),
         tag=_tag(tag),
@@ -122,6 +142,56 @@ def pack(
         use_cache=not no_cache,
         **({"jobs": jobs} if jobs else {}),
     )
+
+
+def _target(ref: str) -> Reference:
+    from ocimodel.registry.reference import parse_reference
+
+    try:
+        target = parse_reference(ref)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="REF") from None
+    if target.digest:
+        raise typer.BadParameter("push to a tag or a bare repository, not a digest", param_hint="REF")
+    return target
+
+
+def _client(target: Reference, plain_http: bool, username: str | None, password_stdin: bool) -> RegistryClient:
+    """A client with ``--username``/``--password-stdin`` credentials first, then the usual credential stores."""
+    from ocimodel.registry.auth import Credentials, default_keychain
+    from ocimodel.registry.client import RegistryClient
+
+    if password_stdin != bool(username):
+        raise typer.BadParameter("--username and --password-stdin go together")
+    explicit = {}
+    if username:
+        explicit[target.registry] = Credentials(username, sys.stdin.readline().rstrip("\r\n"))
+    return RegistryClient(target.registry, plain_http=plain_http, keychain=default_keychain(explicit))
+
+
+@app.command()
+def pack(
+    source: SourceArg,
+    layout: Annotated[Path, typer.Argument(help="OCI image layout directory to write (created if missing).")],
+    revision: RevisionOpt = None,
+    cache_dir: CacheDirOpt = None,
+    base: BaseOpt = None,
+    platform: PlatformOpt = "linux/amd64",
+    tag: Annotated[str, typer.Option(help="Tag stored in the layout's index.json.")] = "latest",
+    compression: CompressionOpt = Compression.none,
+    include: IncludeOpt = [],
+    exclude: ExcludeOpt = [],
+    jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. [default: CPUs, max 4]")] = None,
+    plain_http: Annotated[bool, typer.Option(help="Pull the base over plain HTTP (automatic for localhost).")] = False,
+    no_cache: NoCacheOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
+) -> None:
+    """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
+    from ocimodel.pack import pack as run_pack
+    from ocimodel.progress import make_reporter
+    from ocimodel.source import open_source
+
+    options = _pack_options(base, platform, tag, compression, include, exclude, jobs, plain_http, no_cache)
     reporter = make_reporter()
     try:
         model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
@@ -134,57 +204,32 @@ def pack(
         print(manifest.digest)
 
 
-def _size(text: str) -> int:
-    from ocimodel.units import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
 @app.command()
 def push(
     layout: Annotated[Path, typer.Argument(help="OCI image layout directory (ours, skopeo's, olot's...).")],
     ref: Annotated[str, typer.Argument(help="Destination: host[:port]/repo[:tag].")],
     tag: Annotated[Optional[str], typer.Option(help="Which tag of the layout to push. [default: the only one, or latest]")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=32, help="Blobs uploaded at once.")] = 4,
-    chunk_size: Annotated[
-        str, typer.Option(help="Chunk size for resumable chunked uploads, e.g. 64MiB; 0 for whole-blob uploads.")
-    ] = "128MiB",
-    mount_from: Annotated[list[str], typer.Option(help="Repository of the same registry to mount blobs from (repeatable).")] = [],
-    plain_http: Annotated[bool, typer.Option(help="Use plain HTTP (automatic for localhost and 127.0.0.0/8).")] = False,
-    username: Annotated[Optional[str], typer.Option(help="Registry user name (with --password-stdin).")] = None,
-    password_stdin: Annotated[bool, typer.Option(help="Read the registry password or token from stdin.")] = False,
+    chunk_size: ChunkSizeOpt = "128MiB",
+    mount_from: MountFromOpt = [],
+    plain_http: PlainHttpOpt = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON result (reference, digest, oci:// URI, blobs).")] = False,
 ) -> None:
     """Push an OCI image layout to a registry. Prints host/repo@sha256:… last."""
     from ocimodel.layout.store import Layout
     from ocimodel.progress import make_reporter
-    from ocimodel.registry.auth import Credentials, default_keychain
-    from ocimodel.registry.client import RegistryClient
     from ocimodel.registry.known import KnownBlobs
     from ocimodel.registry.push import PushOptions, describe
     from ocimodel.registry.push import push as run_push
-    from ocimodel.registry.reference import parse_reference
 
-    try:
-        target = parse_reference(ref)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="REF") from None
-    if target.digest:
-        raise typer.BadParameter("push to a tag or a bare repository, not a digest", param_hint="REF")
-    if password_stdin != bool(username):
-        raise typer.BadParameter("--username and --password-stdin go together")
-    explicit = {}
-    if username:
-        password = sys.stdin.readline().rstrip("\r\n")
-        explicit[target.registry] = Credentials(username, password)
+    target = _target(ref)
     options = PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from))
     source = Layout.open(layout)
     reporter = make_reporter()
     try:
-        with RegistryClient(target.registry, plain_http=plain_http, keychain=default_keychain(explicit)) as client:
+        with _client(target, plain_http, username, password_stdin) as client:
             result = run_push(
                 source, target, tag=tag, options=options, reporter=reporter, client=client, known=KnownBlobs()
             )
@@ -192,6 +237,63 @@ def push(
         reporter.close()
     print(f"pushed {result.reference}: {describe(result)}", file=sys.stderr)
     print(json.dumps(result.to_json()) if as_json else result.reference)
+
+
+@app.command()
+def build(
+    source: SourceArg,
+    ref: Annotated[str, typer.Argument(help="Destination: host[:port]/repo[:tag] (tag defaults to latest).")],
+    revision: RevisionOpt = None,
+    cache_dir: CacheDirOpt = None,
+    base: BaseOpt = None,
+    platform: PlatformOpt = "linux/amd64",
+    compression: CompressionOpt = Compression.none,
+    include: IncludeOpt = [],
+    exclude: ExcludeOpt = [],
+    jobs: Annotated[int, typer.Option(min=1, max=32, help="Layers hashed and uploaded at once.")] = 4,
+    chunk_size: ChunkSizeOpt = "128MiB",
+    mount_from: MountFromOpt = [],
+    plain_http: PlainHttpOpt = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    no_cache: NoCacheOpt = False,
+    layout: Annotated[
+        Optional[Path], typer.Option(help="Also keep the image as an OCI layout here (costs the disk of a copy).")
+    ] = None,
+    two_pass: Annotated[
+        bool, typer.Option(hidden=True, help="Hash each layer before uploading it (for benchmarks).")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary (digest, oci:// URI, bytes sent/skipped, seconds).")
+    ] = False,
+) -> None:
+    """Build a model's image straight into a registry, streaming layers from the files. Prints host/repo@sha256:…."""
+    from ocimodel.build import BuildOptions, build_with_layout
+    from ocimodel.build import build as run_build
+    from ocimodel.progress import make_reporter
+    from ocimodel.registry.known import KnownBlobs
+    from ocimodel.registry.push import PushOptions, describe
+    from ocimodel.source import open_source
+
+    target = _target(ref)
+    options = BuildOptions(
+        pack=_pack_options(base, platform, target.tag or "latest", compression, include, exclude, jobs, plain_http,
+                           no_cache),
+        push=PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from)),
+        two_pass=two_pass,
+    )
+    reporter = make_reporter()
+    try:
+        with _client(target, plain_http, username, password_stdin) as client:
+            model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
+            if layout is not None:
+                result = build_with_layout(model, target, layout, options, reporter, client, KnownBlobs())
+            else:
+                result = run_build(model, target, options, reporter, client, KnownBlobs())
+    finally:
+        reporter.close()
+    print(f"built {result.push.reference}: {describe(result.push)}", file=sys.stderr)
+    print(json.dumps(result.to_json()) if as_json else result.push.reference)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
@@ -196,6 +196,39 @@ class LayerDigests:
     digest: str
     size: int
     diff_id: str
+
+
+def encoded_range(members: Sequence[Member], compression: str, start: int, length: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``start + length`` of the layer blob, produced again from the files.
+
+    An uncompressed layer seeks straight to the range; a compressed one has to be compressed again from the start,
+    since deflate and zstd streams cannot be entered in the middle (a resumed compressed upload costs CPU, not disk).
+    """
+    if compression == "none":
+        yield from tar_range(members, start, length)
+        return
+    compressor = COMPRESSIONS[compression][1]()
+    position, end = 0, start + length
+    for data in _compressed(members, compressor):
+        lo, hi = max(start, position), min(end, position + len(data))
+        if lo < hi:
+            yield data[lo - position : hi - position]
+        position += len(data)
+        if position >= end:
+            return
+
+
+def _compressed(members: Sequence[Member], compressor: Compressor) -> Iterator[bytes]:
+    for chunk in tar_chunks(members):
+        yield compressor.compress(chunk)
+    yield compressor.flush()
+
+
+class Discard:
+    """A sink that keeps nothing: hashing a layer without storing it."""
+
+    def write(self, chunk: bytes) -> None:
+        pass
 
 
 class Sink(Protocol):

@@ -1,0 +1,181 @@
+"""``build``: model files → registry in one streamed pass, with no blob ever written to disk.
+
+Each layer's tar stream is generated from the source files and sent as it is generated; its digest is computed on
+the way and closes the upload. A retry or a resume regenerates the bytes it needs from the files, which are
+seekable, so disk use is the model files alone and memory stays flat. Layers go up concurrently (``--jobs``): while
+one waits on the network, another is being hashed.
+
+The image is exactly the one ``pack`` + ``push`` would produce: the same plan, the same layer bytes, the same
+config and manifest builders (``layout.image``), so the same digest.
+
+Two ways to know a layer's digest were measured (docs/benchmarks.md): one pass that hashes while uploading, and a
+hashing pass followed by an upload of what the registry lacks. One pass reads the files once; the two-pass way only
+wins when most layers already exist in the registry, and the digest cache gives that without hashing at all:
+a layer whose files did not change since the last build is looked up by its known digest, found with one HEAD, and
+neither read nor sent. So one pass is the default, and ``two_pass`` stays for the benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from ocimodel import localdb
+from ocimodel.layout.descriptor import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor, canonical_json
+from ocimodel.layout.digestcache import DigestCache, layer_key
+from ocimodel.layout.image import Layer, base_layers, build_config, build_manifest
+from ocimodel.layout.plan import LayerPlan, plan_layers
+from ocimodel.layout.store import Layout
+from ocimodel.layout.tarlayer import Discard, LayerDigests, encode_layer, encoded_range, tar_chunks, tar_size
+from ocimodel.pack import PackOptions, image_annotations, layer_of, load_base
+from ocimodel.parallel import check, run_all
+from ocimodel.progress import Reporter
+from ocimodel.registry.client import RegistryClient
+from ocimodel.registry.known import KnownBlobs
+from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
+from ocimodel.registry.reference import Reference
+from ocimodel.source import Source
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    pack: PackOptions = PackOptions()
+    push: PushOptions = PushOptions()
+    #: Hash every layer before uploading it (option (a) of the issue), instead of hashing while uploading.
+    two_pass: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    push: PushResult
+    #: Wall seconds per phase: ``source`` (listing, and downloading a Hub repo), ``layers`` (hash and upload),
+    #: ``manifest``.
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        skipped = sum(b.size for b in self.push.blobs if b.outcome in ("skipped", "mounted"))
+        return {**self.push.to_json(), "skippedBytes": skipped, "seconds": {k: round(v, 3) for k, v in self.phases.items()}}
+
+
+def base_store() -> Layout:
+    """Where base images are kept between builds: a layout in the user's cache, so a build pulls a base once."""
+    return Layout.create(localdb.default_path().parent / "bases")
+
+
+def build(
+    source: Source,
+    ref: Reference,
+    options: BuildOptions,
+    reporter: Reporter,
+    client: RegistryClient,
+    known: KnownBlobs | None = None,
+) -> BuildResult:
+    phases: dict[str, float] = {}
+    started = time.monotonic()
+    pack_options = options.pack
+    plans = plan_layers(source.files(pack_options.filters))
+    phases["source"] = time.monotonic() - started
+
+    started = time.monotonic()
+    store = base_store()
+    base, base_annotations = load_base(pack_options.base, pack_options.platform, store, pack_options.plain_http)
+    pusher = Pusher(client, ref.repository, options.push, reporter, known)
+    pusher.check_access()
+    cache = DigestCache() if pack_options.use_cache else None
+    layer_jobs = [partial(_model_layer, plan, pusher, pack_options.compression, cache, options.two_pass, reporter)
+                  for plan in plans]
+    base_jobs = [partial(_base_layer, store, desc, pusher) for desc in base_layers(base)]
+    results = run_all(lambda job, stop: job(stop), [*layer_jobs, *base_jobs], options.push.jobs, "build")
+    layers = [layer for layer, _ in results[: len(plans)] if layer is not None]
+    outcomes = [outcome for _, outcome in results]
+    phases["layers"] = time.monotonic() - started
+
+    started = time.monotonic()
+    config_bytes = canonical_json(build_config(base, pack_options.platform, layers))
+    config = Descriptor.of_bytes(OCI_CONFIG, config_bytes)
+    outcomes.append(pusher.push_blob(_bytes_upload(config_bytes, config.digest, "config")))
+    manifest_bytes = canonical_json(
+        build_manifest(config, base, layers, image_annotations(source.provenance, base_annotations))
+    )
+    manifest = Descriptor.of_bytes(OCI_MANIFEST, manifest_bytes)
+    pusher.put_manifest(manifest, manifest_bytes, ref.tag or pack_options.tag)
+    if known is not None:
+        known.record(client.registry, ref.repository, [o.digest for o in outcomes])
+    phases["manifest"] = time.monotonic() - started
+    result = PushResult(f"{ref.registry}/{ref.repository}@{manifest.digest}", manifest.digest, OCI_MANIFEST,
+                        tuple(outcomes))
+    return BuildResult(result, phases)
+
+
+def _model_layer(
+    plan: LayerPlan,
+    pusher: Pusher,
+    compression: str,
+    cache: DigestCache | None,
+    two_pass: bool,
+    reporter: Reporter,
+    stop: threading.Event,
+) -> tuple[Layer, BlobOutcome]:
+    """One layer from files to registry; its digest from the cache, a hashing pass, or the upload itself."""
+    members = plan.members()
+    key = layer_key(plan, compression) if cache else None
+    digests = cache.get(key) if cache and key else None
+    if digests is None and (two_pass or compression != "none"):
+        # A compressed layer's size is only known once compressed, and an upload must announce it.
+        digests = _hash_layer(plan, compression, reporter, stop)
+    size = digests.size if digests else tar_size(members)
+    upload = Upload(size, digests.digest if digests else None, partial(encoded_range, members, compression),
+                    plan.title)
+    outcome = pusher.push_blob(upload, stop)
+    if digests is None:
+        digests = LayerDigests(OCI_LAYER, outcome.digest, size, outcome.digest)
+    if cache and key:
+        cache.put(key, digests)
+    return layer_of(plan, digests), outcome
+
+
+def _hash_layer(plan: LayerPlan, compression: str, reporter: Reporter, stop: threading.Event) -> LayerDigests:
+    members = plan.members()
+    task = reporter.task(f"hash {plan.title}", tar_size(members))
+
+    def advance(n: int) -> None:
+        check(stop)
+        task.advance(n)
+
+    digests = encode_layer(tar_chunks(members), compression, Discard(), advance)
+    task.finish()
+    return digests
+
+
+def _base_layer(store: Layout, desc: Descriptor, pusher: Pusher, stop: threading.Event) -> tuple[None, BlobOutcome]:
+    return None, pusher.push_blob(layout_upload(store, desc), stop)
+
+
+def _bytes_upload(data: bytes, digest: str, label: str) -> Upload:
+    read: Callable[[int, int], list[bytes]] = lambda start, length: [data[start : start + length]]
+    return Upload(len(data), digest, read, label)
+
+
+def build_with_layout(
+    source: Source,
+    ref: Reference,
+    layout_dir: Path,
+    options: BuildOptions,
+    reporter: Reporter,
+    client: RegistryClient,
+    known: KnownBlobs | None = None,
+) -> BuildResult:
+    """``--layout``: keep an OCI layout too, by packing into it and pushing from it (the disk is the user's choice)."""
+    from ocimodel.pack import pack
+    from ocimodel.registry.push import push
+
+    started = time.monotonic()
+    pack(source, layout_dir, options.pack, reporter)
+    packed = time.monotonic() - started
+    result = push(Layout.open(layout_dir), ref, tag=options.pack.tag, options=options.push, reporter=reporter,
+                  client=client, known=known)
+    return BuildResult(result, {"pack": packed, "push": time.monotonic() - started - packed})
