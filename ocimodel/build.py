@@ -17,14 +17,17 @@ neither read nor sent. So one pass is the default, and ``two_pass`` stays for th
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ocimodel import localdb
+from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor, canonical_json
 from ocimodel.layout.digestcache import DigestCache, layer_key
 from ocimodel.layout.image import Layer, base_layers, build_config, build_manifest
@@ -38,7 +41,8 @@ from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
 from ocimodel.registry.reference import Reference
-from ocimodel.source import Source
+from ocimodel.source import Source, StagedSource
+from ocimodel.units import human_size
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,34 @@ class BuildOptions:
     push: PushOptions = PushOptions()
     #: Hash every layer before uploading it (option (a) of the issue), instead of hashing while uploading.
     two_pass: bool = False
+    #: Hub sources: bytes of model files allowed on disk at once; files are deleted once their layer is sent.
+    disk_budget: int | None = None
+
+
+class ByteBudget:
+    """Bytes of disk that layers in flight may hold; a layer waits until its files fit.
+
+    Each layer takes its whole share at once, so two layers can never each hold half of what both need.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int, stop: threading.Event) -> Iterator[None]:
+        with self._cond:
+            while self._free < size:
+                check(stop)
+                self._cond.wait(timeout=1.0)  # wakes on a release; the timeout only lets a cancelled build notice
+            self._free -= size
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += size
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -77,7 +109,20 @@ def build(
     phases: dict[str, float] = {}
     started = time.monotonic()
     pack_options = options.pack
-    plans = plan_layers(source.files(pack_options.filters))
+    staged = source if isinstance(source, StagedSource) else None
+    if options.disk_budget is not None and staged is None:
+        raise OcimodelError("--disk-budget is for Hub sources: a local directory is on disk already")
+    files = staged.planned(pack_options.filters) if staged else source.files(pack_options.filters)
+    plans = plan_layers(files)
+    budget = ByteBudget(options.disk_budget) if options.disk_budget is not None else None
+    if budget is not None:
+        os.environ.setdefault("HF_XET_CHUNK_CACHE_SIZE_BYTES", "0")  # hf_xet's chunk cache would be a second copy
+        for plan in plans:
+            if plan.size > budget.total:
+                raise OcimodelError(
+                    f"layer {plan.title} needs {human_size(plan.size)} on disk, more than --disk-budget "
+                    f"{human_size(budget.total)}; raise the budget"
+                )
     phases["source"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -86,8 +131,11 @@ def build(
     pusher = Pusher(client, ref.repository, options.push, reporter, known)
     pusher.check_access()
     cache = DigestCache() if pack_options.use_cache else None
-    layer_jobs = [partial(_model_layer, plan, pusher, pack_options.compression, cache, options.two_pass, reporter)
-                  for plan in plans]
+    layer_jobs = [
+        partial(_model_layer, plan, _Context(pusher, pack_options.compression, cache, options.two_pass, reporter,
+                                             staged, budget))
+        for plan in plans
+    ]
     base_jobs = [partial(_base_layer, store, desc, pusher) for desc in base_layers(base)]
     results = run_all(lambda job, stop: job(stop), [*layer_jobs, *base_jobs], options.push.jobs, "build")
     layers = [layer for layer, _ in results[: len(plans)] if layer is not None]
@@ -111,30 +159,60 @@ def build(
     return BuildResult(result, phases)
 
 
-def _model_layer(
-    plan: LayerPlan,
-    pusher: Pusher,
-    compression: str,
-    cache: DigestCache | None,
-    two_pass: bool,
-    reporter: Reporter,
-    stop: threading.Event,
+@dataclass(frozen=True)
+class _Context:
+    pusher: Pusher
+    compression: str
+    cache: DigestCache | None
+    two_pass: bool
+    reporter: Reporter
+    staged: StagedSource | None
+    budget: ByteBudget | None
+
+
+def _model_layer(plan: LayerPlan, ctx: _Context, stop: threading.Event) -> tuple[Layer, BlobOutcome]:
+    """One layer from files to registry; its digest from the cache, a hashing pass, or the upload itself.
+
+    A layer the registry already has (by cached digest) is not even downloaded. Otherwise its files are fetched
+    (Hub sources), sent, and, under a disk budget, deleted.
+    """
+    digests = _cached(plan, ctx)
+    if digests is not None and ctx.pusher.client.head_blob(ctx.pusher.repository, digests.digest) is not None:
+        ctx.reporter.task(plan.title, 0).finish("unchanged")
+        return layer_of(plan, digests), BlobOutcome(digests.digest, digests.size, "skipped")
+    with ctx.budget.hold(plan.size, stop) if ctx.budget else nullcontext():
+        if ctx.staged is not None:
+            ctx.staged.fetch(plan.files)
+        try:
+            layer = _send_layer(plan, ctx, digests or _cached(plan, ctx), stop)
+        finally:
+            if ctx.budget is not None and ctx.staged is not None:
+                ctx.staged.release(plan.files)
+    return layer
+
+
+def _cached(plan: LayerPlan, ctx: _Context) -> LayerDigests | None:
+    """The digests the cache holds for this layer, if its files can be identified (Hub LFS ids, or on disk)."""
+    if ctx.cache is None or not all(f.lfs_sha256 or f.local.exists() for f in plan.files):
+        return None
+    return ctx.cache.get(layer_key(plan, ctx.compression))
+
+
+def _send_layer(
+    plan: LayerPlan, ctx: _Context, digests: LayerDigests | None, stop: threading.Event
 ) -> tuple[Layer, BlobOutcome]:
-    """One layer from files to registry; its digest from the cache, a hashing pass, or the upload itself."""
     members = plan.members()
-    key = layer_key(plan, compression) if cache else None
-    digests = cache.get(key) if cache and key else None
-    if digests is None and (two_pass or compression != "none"):
+    if digests is None and (ctx.two_pass or ctx.compression != "none"):
         # A compressed layer's size is only known once compressed, and an upload must announce it.
-        digests = _hash_layer(plan, compression, reporter, stop)
+        digests = _hash_layer(plan, ctx.compression, ctx.reporter, stop)
     size = digests.size if digests else tar_size(members)
-    upload = Upload(size, digests.digest if digests else None, partial(encoded_range, members, compression),
+    upload = Upload(size, digests.digest if digests else None, partial(encoded_range, members, ctx.compression),
                     plan.title)
-    outcome = pusher.push_blob(upload, stop)
+    outcome = ctx.pusher.push_blob(upload, stop)
     if digests is None:
         digests = LayerDigests(OCI_LAYER, outcome.digest, size, outcome.digest)
-    if cache and key:
-        cache.put(key, digests)
+    if ctx.cache is not None:
+        ctx.cache.put(layer_key(plan, ctx.compression), digests)
     return layer_of(plan, digests), outcome
 
 

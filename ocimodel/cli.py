@@ -260,6 +260,10 @@ def build(
     layout: Annotated[
         Optional[Path], typer.Option(help="Also keep the image as an OCI layout here (costs the disk of a copy).")
     ] = None,
+    disk_budget: Annotated[
+        Optional[str],
+        typer.Option(help="Hub sources: most model bytes on disk at once, e.g. 20GiB; files are deleted once sent."),
+    ] = None,
     two_pass: Annotated[
         bool, typer.Option(hidden=True, help="Hash each layer before uploading it (for benchmarks).")
     ] = False,
@@ -281,6 +285,7 @@ def build(
                            no_cache),
         push=PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from)),
         two_pass=two_pass,
+        disk_budget=_size(disk_budget) if disk_budget else None,
     )
     reporter = make_reporter()
     try:

@@ -11,7 +11,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
 
 from ocimodel.errors import OcimodelError
 
@@ -79,6 +79,19 @@ class Source(Protocol):
     def files(self, filters: Filters) -> list[SourceFile]:
         """The model's files, sorted by path, with their bytes available on local disk."""
         ...
+
+
+@runtime_checkable
+class StagedSource(Source, Protocol):
+    """A source whose files can be listed before they exist on disk, fetched on demand and released after.
+
+    ``build`` uses it to download a layer's files only when the layer must be sent, overlapping downloads with
+    uploads, and to stay under ``--disk-budget``.
+    """
+
+    def planned(self, filters: Filters) -> list[SourceFile]: ...
+    def fetch(self, files: Sequence[SourceFile]) -> None: ...
+    def release(self, files: Sequence[SourceFile]) -> None: ...
 
 
 def open_source(

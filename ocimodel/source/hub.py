@@ -135,20 +135,49 @@ class HubSource:
         return self.storage / "snapshots" / self.commit
 
     def files(self, filters: Filters) -> list[SourceFile]:
-        """Download what ``filters`` let through (nothing else is requested), then walk the snapshot."""
+        """Download what ``filters`` let through (nothing else is requested); offline, walk the cached snapshot."""
         if self.listing is None:
             self._check_cached(filters)
             return LocalSource.from_path(self.snapshot).files(filters)
+        planned = self.planned(filters)
+        self.fetch(planned)
+        return planned
+
+    def planned(self, filters: Filters) -> list[SourceFile]:
+        """The files ``filters`` select, from the Hub's listing alone: nothing is downloaded yet.
+
+        Each file's ``local`` is where the snapshot will have it once ``fetch`` ran, so a build can plan every layer,
+        look digests up in its cache, and download a layer's files only when it has to send them.
+        """
+        if self.listing is None:
+            return self.files(filters)  # offline: the cache is all there is, and it is on disk already
         wanted = [f for f in self.listing if filters.allows(f.path)]
         if not wanted:
             raise OcimodelError(
                 f"no file of {self.repo_id}@{self.commit} matches --include/--exclude "
                 f"(it has {len(self.listing)}: check the globs)"
             )
-        self._download(wanted)
         self._record_ref()
-        claimed = {f.path: f.lfs_sha256 for f in wanted}
-        return [replace(f, lfs_sha256=claimed.get(f.path)) for f in LocalSource.from_path(self.snapshot).files(filters)]
+        return sorted(
+            (SourceFile(f.path, self.snapshot / f.path, f.size, f.lfs_sha256) for f in wanted), key=lambda f: f.sort_key
+        )
+
+    def fetch(self, files: Sequence[SourceFile]) -> None:
+        """Download ``files`` (from ``planned``) into the snapshot; those already cached cost nothing."""
+        if self.listing is not None:
+            self._download([HubFile(f.path, f.size, f.lfs_sha256) for f in files])
+
+    def release(self, files: Sequence[SourceFile]) -> None:
+        """Delete ``files`` from the HF cache (link and blob), for builds that must stay under a disk budget."""
+        for f in files:
+            link = self.snapshot / f.path
+            try:
+                blob = link.resolve()
+                link.unlink(missing_ok=True)
+                if blob != link and self.storage in blob.parents:
+                    blob.unlink(missing_ok=True)
+            except OSError:
+                pass  # what cannot be deleted only costs disk
 
     def _check_cached(self, filters: Filters) -> None:
         """Offline, let huggingface_hub compare the snapshot with the file list it cached, when it has one.
