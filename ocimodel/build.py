@@ -28,13 +28,13 @@ from typing import Callable, Iterator
 
 from ocimodel import localdb
 from ocimodel.errors import OcimodelError
-from ocimodel.layout.descriptor import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor, canonical_json
+from ocimodel.layout.descriptor import OCI_LAYER, Descriptor
 from ocimodel.layout.digestcache import DigestCache, layer_key
-from ocimodel.layout.image import Layer, base_layers, build_config, build_manifest
+from ocimodel.layout.image import Layer, assemble, base_layers
 from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import Discard, LayerDigests, encode_layer, encoded_range, tar_chunks, tar_size
-from ocimodel.pack import PackOptions, image_annotations, layer_of, load_base
+from ocimodel.pack import PackOptions, image_annotations, layer_of, load_bases
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
 from ocimodel.registry.client import RegistryClient
@@ -127,35 +127,31 @@ def build(
 
     started = time.monotonic()
     store = base_store()
-    base, base_annotations = load_base(pack_options.base, pack_options.platform, store, pack_options.plain_http)
+    bases = load_bases(pack_options, store)
     pusher = Pusher(client, ref.repository, options.push, reporter, known)
     pusher.check_access()
     cache = DigestCache() if pack_options.use_cache else None
-    layer_jobs = [
-        partial(_model_layer, plan, _Context(pusher, pack_options.compression, cache, options.two_pass, reporter,
-                                             staged, budget))
-        for plan in plans
-    ]
-    base_jobs = [partial(_base_layer, store, desc, pusher) for desc in base_layers(base)]
+    context = _Context(pusher, pack_options.compression, cache, options.two_pass, reporter, staged, budget)
+    layer_jobs = [partial(_model_layer, plan, context) for plan in plans]
+    base_descs = {d.digest: d for pb in bases for d in base_layers(pb.base)}  # platforms may share base layers
+    base_jobs = [partial(_base_layer, store, desc, pusher) for desc in base_descs.values()]
     results = run_all(lambda job, stop: job(stop), [*layer_jobs, *base_jobs], options.push.jobs, "build")
     layers = [layer for layer, _ in results[: len(plans)] if layer is not None]
     outcomes = [outcome for _, outcome in results]
     phases["layers"] = time.monotonic() - started
 
     started = time.monotonic()
-    config_bytes = canonical_json(build_config(base, pack_options.platform, layers))
-    config = Descriptor.of_bytes(OCI_CONFIG, config_bytes)
-    outcomes.append(pusher.push_blob(_bytes_upload(config_bytes, config.digest, "config")))
-    manifest_bytes = canonical_json(
-        build_manifest(config, base, layers, image_annotations(source.provenance, base_annotations))
-    )
-    manifest = Descriptor.of_bytes(OCI_MANIFEST, manifest_bytes)
-    pusher.put_manifest(manifest, manifest_bytes, ref.tag or pack_options.tag)
+    image = assemble(bases, layers, image_annotations(source.provenance, pack_options.annotations), pack_options.labels)
+    outcomes += pusher.push_all(_bytes_upload(c.data, c.descriptor.digest, "config") for c in image.configs)
+    if len(image.manifests) > 1:
+        for manifest in image.manifests:
+            pusher.put_manifest(manifest.descriptor, manifest.data, manifest.descriptor.digest)
+    top = image.top.descriptor
+    pusher.put_manifest(top, image.top.data, ref.tag or pack_options.tag)
     if known is not None:
         known.record(client.registry, ref.repository, [o.digest for o in outcomes])
     phases["manifest"] = time.monotonic() - started
-    result = PushResult(f"{ref.registry}/{ref.repository}@{manifest.digest}", manifest.digest, OCI_MANIFEST,
-                        tuple(outcomes))
+    result = PushResult(f"{ref.registry}/{ref.repository}@{top.digest}", top.digest, top.media_type, tuple(outcomes))
     return BuildResult(result, phases)
 
 

@@ -95,7 +95,11 @@ CacheDirOpt = Annotated[
 BaseOpt = Annotated[
     Optional[str], typer.Option(help="Base image pinned by digest (REPO@sha256:…), or 'scratch'. [default: busybox]")
 ]
-PlatformOpt = Annotated[str, typer.Option(help="os/arch or os/arch/variant of the image, e.g. linux/arm64.")]
+PlatformOpt = Annotated[
+    str, typer.Option(help="os/arch or os/arch/variant, e.g. linux/arm64; several, comma-separated, make an index.")
+]
+LabelOpt = Annotated[list[str], typer.Option(help="Config label KEY=VALUE (repeatable).")]
+AnnotationOpt = Annotated[list[str], typer.Option(help="Manifest annotation KEY=VALUE (repeatable).")]
 CompressionOpt = Annotated[Compression, typer.Option(help="Layer compression (weights barely compress).")]
 IncludeOpt = Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")]
 ExcludeOpt = Annotated[list[str], typer.Option(help="Leave out files matching this glob (repeatable); not even downloaded.")]
@@ -118,6 +122,16 @@ def _size(text: str) -> int:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
 def _pack_options(
     base: str | None,
     platform: str,
@@ -128,18 +142,23 @@ def _pack_options(
     jobs: int | None,
     plain_http: bool,
     no_cache: bool,
+    label: list[str],
+    annotation: list[str],
 ) -> PackOptions:
     from ocimodel.pack import DEFAULT_BASE, PackOptions
     from ocimodel.source import Filters
 
+    platforms = tuple(dict.fromkeys(_platform(p) for p in platform.split(",") if p.strip()))
     return PackOptions(
         base=base or DEFAULT_BASE,
-        platform=_platform(platform),
+        platforms=platforms,
         tag=_tag(tag),
         compression=compression.value,
         filters=Filters(tuple(include), tuple(exclude)),
         plain_http=plain_http,
         use_cache=not no_cache,
+        labels=_pairs(label, "--label"),
+        annotations=_pairs(annotation, "--annotation"),
         **({"jobs": jobs} if jobs else {}),
     )
 
@@ -184,6 +203,8 @@ def pack(
     jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. [default: CPUs, max 4]")] = None,
     plain_http: Annotated[bool, typer.Option(help="Pull the base over plain HTTP (automatic for localhost).")] = False,
     no_cache: NoCacheOpt = False,
+    label: LabelOpt = [],
+    annotation: AnnotationOpt = [],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
 ) -> None:
     """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
@@ -191,7 +212,9 @@ def pack(
     from ocimodel.progress import make_reporter
     from ocimodel.source import open_source
 
-    options = _pack_options(base, platform, tag, compression, include, exclude, jobs, plain_http, no_cache)
+    options = _pack_options(
+        base, platform, tag, compression, include, exclude, jobs, plain_http, no_cache, label, annotation
+    )
     reporter = make_reporter()
     try:
         model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
@@ -257,6 +280,8 @@ def build(
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
     no_cache: NoCacheOpt = False,
+    label: LabelOpt = [],
+    annotation: AnnotationOpt = [],
     layout: Annotated[
         Optional[Path], typer.Option(help="Also keep the image as an OCI layout here (costs the disk of a copy).")
     ] = None,
@@ -282,7 +307,7 @@ def build(
     target = _target(ref)
     options = BuildOptions(
         pack=_pack_options(base, platform, target.tag or "latest", compression, include, exclude, jobs, plain_http,
-                           no_cache),
+                           no_cache, label, annotation),
         push=PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from)),
         two_pass=two_pass,
         disk_budget=_size(disk_budget) if disk_budget else None,

@@ -6,32 +6,32 @@ without SHA instructions hashing, not the disk, is the bottleneck.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import (
+    ANNOTATION_FILE_METADATA,
     ANNOTATION_FILEPATH,
     ANNOTATION_REVISION,
     ANNOTATION_SOURCE,
     ANNOTATION_TITLE,
-    OCI_CONFIG,
-    OCI_MANIFEST,
     Descriptor,
     Platform,
 )
-from ocimodel.layout.image import Base, Layer, build_config, build_manifest, scratch
+from ocimodel.layout.image import EPOCH, Base, Layer, PlatformBase, assemble, scratch
 from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
 from ocimodel.layout.digestcache import DigestCache, layer_key
 from ocimodel.layout.tarlayer import LayerDigests, encode_layer, tar_chunks, tar_size
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
-from ocimodel.source import Filters, Provenance, Source
+from ocimodel.source import Filters, Provenance, Source, SourceFile
 
 #: busybox 1.37.0 from ECR Public's mirror of Docker's official images (an index of all platforms).
 DEFAULT_BASE = (
@@ -45,7 +45,8 @@ ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
 @dataclass(frozen=True)
 class PackOptions:
     base: str = DEFAULT_BASE
-    platform: Platform = Platform("linux", "amd64")
+    #: One image per platform, sharing the model layers; several make the tag point at an index.
+    platforms: tuple[Platform, ...] = (Platform("linux", "amd64"),)
     tag: str = "latest"
     compression: str = "none"
     filters: Filters = Filters()
@@ -53,12 +54,17 @@ class PackOptions:
     plain_http: bool = False
     #: Reuse digests of layers whose files did not change (see ``digestcache``).
     use_cache: bool = True
+    #: Config labels and manifest annotations given by the user (``--label``, ``--annotation``).
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
-def load_base(ref_text: str, platform: Platform, layout: Layout, plain_http: bool = False) -> tuple[Base, dict[str, str]]:
-    """The base image and the annotations naming it; ``scratch`` means none."""
+def load_base(
+    ref_text: str, platform: Platform, layout: Layout, plain_http: bool = False
+) -> PlatformBase:
+    """The base image for ``platform`` and the annotations naming it; ``scratch`` means none."""
     if ref_text == "scratch":
-        return scratch(platform), {}
+        return PlatformBase(platform, scratch(platform), {})
     from ocimodel.registry.client import RegistryClient
     from ocimodel.registry.pull import pull_image
     from ocimodel.registry.reference import parse_reference
@@ -69,17 +75,34 @@ def load_base(ref_text: str, platform: Platform, layout: Layout, plain_http: boo
         raise OcimodelError(f"--base {ref_text!r}: {exc}") from None
     with RegistryClient(ref.registry, plain_http=plain_http) as client:
         pulled = pull_image(ref, platform, layout, client=client)
-    return Base(pulled.manifest_json, pulled.config_json), {
+    return PlatformBase(platform, Base(pulled.manifest_json, pulled.config_json), {
         ANNOTATION_BASE_NAME: ref_text,
         ANNOTATION_BASE_DIGEST: pulled.manifest.digest,
-    }
+    })
+
+
+def load_bases(options: PackOptions, layout: Layout) -> list[PlatformBase]:
+    return [load_base(options.base, p, layout, options.plain_http) for p in options.platforms]
+
+
+def file_metadata(f: SourceFile) -> dict[str, object]:
+    """ModelPack's per-file metadata, with the constant owner, mode and mtime of our tar headers (so reproducible)
+    and the sha256 the Hub gave for the file, when there was one."""
+    meta: dict[str, object] = {"name": f.path, "mode": 0o644, "uid": 0, "gid": 0, "size": f.size,
+                               "mtime": EPOCH, "typeflag": 0}
+    if f.lfs_sha256:
+        meta["sha256"] = f.lfs_sha256
+    return meta
 
 
 def layer_of(plan: LayerPlan, digests: LayerDigests) -> Layer:
     """The layer's descriptor (annotated with what it holds) and history line."""
     annotations = {ANNOTATION_TITLE: plan.title}
+    metadata = [file_metadata(f) for f in plan.files]
     if len(plan.files) == 1:
         annotations[ANNOTATION_FILEPATH] = plan.files[0].path
+    annotations[ANNOTATION_FILE_METADATA] = json.dumps(metadata[0] if len(metadata) == 1 else metadata,
+                                                       separators=(",", ":"))
     descriptor = Descriptor(digests.media_type, digests.digest, digests.size, annotations)
     paths = ", ".join(f.path for f in plan.files)
     return Layer(descriptor, digests.diff_id, f"ocimodel: COPY {paths} /models/")
@@ -129,33 +152,32 @@ def build_layers(
     )
 
 
-def image_annotations(provenance: Provenance, base_annotations: dict[str, str]) -> dict[str, str]:
+def image_annotations(provenance: Provenance, extra: Mapping[str, str]) -> dict[str, str]:
     annotations = {ANNOTATION_TITLE: provenance.title}
     if provenance.source:
         annotations[ANNOTATION_SOURCE] = provenance.source
     if provenance.revision:
         annotations[ANNOTATION_REVISION] = provenance.revision
-    return {**annotations, **provenance.extra, **base_annotations}
+    return {**annotations, **provenance.extra, **extra}
 
 
 def pack(source: Source, layout_dir: Path, options: PackOptions, reporter: Reporter) -> Descriptor:
-    """Write the image for ``source`` into the layout and tag it; returns the manifest's descriptor."""
+    """Write the image for ``source`` into the layout and tag it; returns what the tag points at."""
     layout_root = layout_dir.resolve()
     files = [f for f in source.files(options.filters) if layout_root not in f.local.parents]
     plans = plan_layers(files)
     created = not layout_dir.exists()
     layout = Layout.create(layout_dir)
     try:
-        base, base_annotations = load_base(options.base, options.platform, layout, options.plain_http)
+        bases = load_bases(options, layout)
     except BaseException:
         if created:  # nothing of value was written yet: leave no empty layout where there was nothing
             shutil.rmtree(layout_dir, ignore_errors=True)
         raise
     cache = DigestCache() if options.use_cache else None
     layers = build_layers(plans, layout, options.compression, options.jobs, reporter, cache)
-    config = layout.put_json(OCI_CONFIG, build_config(base, options.platform, layers))
-    annotations = image_annotations(source.provenance, base_annotations)
-    manifest = layout.put_json(OCI_MANIFEST, build_manifest(config, base, layers, annotations))
-    manifest = Descriptor(manifest.media_type, manifest.digest, manifest.size, platform=options.platform)
-    layout.set_tag(options.tag, manifest)
-    return manifest
+    image = assemble(bases, layers, image_annotations(source.provenance, options.annotations), options.labels)
+    for doc in (*image.configs, *image.manifests, image.top):
+        layout.put_bytes(doc.descriptor.media_type, doc.data)
+    layout.set_tag(options.tag, image.top.descriptor)
+    return image.top.descriptor

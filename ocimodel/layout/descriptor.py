@@ -27,6 +27,7 @@ ANNOTATION_TITLE = "org.opencontainers.image.title"
 ANNOTATION_SOURCE = "org.opencontainers.image.source"
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"
+ANNOTATION_FILE_METADATA = "org.cncf.model.file.metadata+json"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 

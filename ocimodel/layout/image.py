@@ -11,11 +11,14 @@ from typing import Any, Mapping, Sequence
 
 from ocimodel.layout.descriptor import (
     DOCKER_LAYER_GZIP,
+    OCI_CONFIG,
+    OCI_INDEX,
     OCI_LAYER,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Descriptor,
     Platform,
+    canonical_json,
 )
 
 #: A fixed creation time keeps configs of scratch-based images reproducible.
@@ -64,8 +67,10 @@ def base_layers(base: Base) -> list[Descriptor]:
     return out
 
 
-def build_config(base: Base, platform: Platform, layers: Sequence[Layer]) -> dict[str, Any]:
-    """The base's config with our layers appended and no Entrypoint.
+def build_config(
+    base: Base, platform: Platform, layers: Sequence[Layer], labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The base's config with our layers appended, our labels added, and no Entrypoint.
 
     KServe's modelcar starts the image with ``args`` only; an Entrypoint would swallow them. Cmd and Env stay,
     so the image still runs the base's shell on its own.
@@ -76,6 +81,8 @@ def build_config(base: Base, platform: Platform, layers: Sequence[Layer]) -> dic
         config.pop("variant", None)
     runtime = config.setdefault("config", {}) or {}
     runtime.pop("Entrypoint", None)
+    if labels:
+        runtime["Labels"] = {**(runtime.get("Labels") or {}), **labels}
     config["config"] = runtime
     rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *(layer.diff_id for layer in layers)]
@@ -97,3 +104,68 @@ def build_manifest(
         manifest["annotations"] = dict(annotations)
     return manifest
 
+
+
+def build_index(manifests: Sequence[Descriptor], annotations: Mapping[str, str]) -> dict[str, Any]:
+    index: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [m.to_json() for m in manifests],
+    }
+    if annotations:
+        index["annotations"] = dict(annotations)
+    return index
+
+
+@dataclass(frozen=True)
+class Document:
+    """A JSON document as the exact bytes that get stored and pushed, with its descriptor."""
+
+    descriptor: Descriptor
+    data: bytes
+
+    @classmethod
+    def of(cls, media_type: str, obj: Any, platform: Platform | None = None) -> Document:
+        data = canonical_json(obj)
+        d = Descriptor.of_bytes(media_type, data)
+        return cls(Descriptor(d.media_type, d.digest, d.size, platform=platform), data)
+
+
+@dataclass(frozen=True)
+class PlatformBase:
+    platform: Platform
+    base: Base
+    #: Annotations naming this platform's base (``org.opencontainers.image.base.*``).
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """Everything but the layers: configs, a manifest per platform, and what the tag points at."""
+
+    configs: tuple[Document, ...]
+    manifests: tuple[Document, ...]
+    #: The manifest itself for one platform; an index of the manifests for several.
+    top: Document
+
+
+def assemble(
+    bases: Sequence[PlatformBase],
+    layers: Sequence[Layer],
+    annotations: Mapping[str, str],
+    labels: Mapping[str, str] | None = None,
+) -> Assembly:
+    """One image per platform on that platform's base, all sharing the same model layers (stored and sent once).
+
+    With one platform the tag names the manifest, as a single-platform image always has; with several, an index.
+    """
+    configs, manifests = [], []
+    for pb in bases:
+        config = Document.of(OCI_CONFIG, build_config(pb.base, pb.platform, layers, labels))
+        manifest = build_manifest(config.descriptor, pb.base, layers, {**annotations, **pb.annotations})
+        configs.append(config)
+        manifests.append(Document.of(OCI_MANIFEST, manifest, pb.platform))
+    if len(manifests) == 1:
+        return Assembly(tuple(configs), tuple(manifests), manifests[0])
+    index = Document.of(OCI_INDEX, build_index([m.descriptor for m in manifests], annotations))
+    return Assembly(tuple(configs), tuple(manifests), index)
