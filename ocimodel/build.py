@@ -180,7 +180,8 @@ def _model_layer(plan: LayerPlan, ctx: _Context, stop: threading.Event) -> tuple
         if ctx.staged is not None:
             ctx.staged.fetch(plan.files)
         try:
-            layer = _send_layer(plan, ctx, digests or _cached(plan, ctx), stop)
+            # A cached digest was just looked up and found missing; one looked up after the fetch was not.
+            layer = _send_layer(plan, ctx, digests or _cached(plan, ctx), stop, absent=digests is not None)
         finally:
             if ctx.budget is not None and ctx.staged is not None:
                 ctx.staged.release(plan.files)
@@ -195,7 +196,7 @@ def _cached(plan: LayerPlan, ctx: _Context) -> LayerDigests | None:
 
 
 def _send_layer(
-    plan: LayerPlan, ctx: _Context, digests: LayerDigests | None, stop: threading.Event
+    plan: LayerPlan, ctx: _Context, digests: LayerDigests | None, stop: threading.Event, absent: bool = False
 ) -> tuple[Layer, BlobOutcome]:
     members = plan.members()
     if digests is None and (ctx.two_pass or ctx.compression != "none"):
@@ -204,7 +205,7 @@ def _send_layer(
     size = digests.size if digests else tar_size(members)
     upload = Upload(size, digests.digest if digests else None, partial(encoded_range, members, ctx.compression),
                     plan.title)
-    outcome = ctx.pusher.push_blob(upload, stop)
+    outcome = ctx.pusher.push_blob(upload, stop, absent=absent)
     if digests is None:
         digests = LayerDigests(OCI_LAYER, outcome.digest, size, outcome.digest)
     if ctx.cache is not None:

@@ -300,8 +300,13 @@ class Pusher:
         order = sorted(uploads, key=lambda u: -u.size)
         return run_all(self.push_blob, order, self.options.jobs, "push")
 
-    def push_blob(self, upload: Upload, stop: threading.Event | None = None) -> BlobOutcome:
-        if upload.digest is not None and self.client.head_blob(self.repository, upload.digest) is not None:
+    def push_blob(self, upload: Upload, stop: threading.Event | None = None, *, absent: bool = False) -> BlobOutcome:
+        """``absent``: the caller has just found (HEAD) that the repository lacks the blob, so it is not asked twice."""
+        if (
+            upload.digest is not None
+            and not absent
+            and self.client.head_blob(self.repository, upload.digest) is not None
+        ):
             return BlobOutcome(upload.digest, upload.size, "skipped")
         task = self.reporter.task(upload.label, upload.size)
         candidates = self._mount_candidates(upload.digest) if upload.digest else []
@@ -387,7 +392,8 @@ class Pusher:
         if upload.digest is not None:
             self._request("PUT", session.location, headers, body, params={"digest": upload.digest}).close()
             return upload.digest
-        response = self._request("PATCH", session.location, headers, body, ok=(202,))
+        # ECR answers a PATCH with 201 (not the spec's 202); the blob is only committed by the PUT either way.
+        response = self._request("PATCH", session.location, headers, body, ok=(201, 202))
         with response:
             session.location = urljoin(response.url, response.headers.get("Location") or session.location)
         return self._close(upload, session, hasher)

@@ -47,6 +47,7 @@ ANNOTATION_LICENSES = "org.opencontainers.image.licenses"
 #: Files fetched at once, as huggingface_hub's snapshot_download does; hf_xet parallelises inside each file.
 DOWNLOAD_WORKERS = 8
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class HubSource:
         """Download what ``filters`` let through (nothing else is requested); offline, walk the cached snapshot."""
         if self.listing is None:
             self._check_cached(filters)
-            return LocalSource.from_path(self.snapshot).files(filters)
+            return [replace(f, lfs_sha256=_cached_lfs_sha256(f.local)) for f in
+                    LocalSource.from_path(self.snapshot).files(filters)]
         planned = self.planned(filters)
         self.fetch(planned)
         return planned
@@ -235,6 +237,16 @@ class HubSource:
             task.finish("cached")
         else:
             task.finish()
+
+
+def _cached_lfs_sha256(local: Path) -> str | None:
+    """The Hub's LFS sha256 of a cached file: huggingface_hub names LFS blobs by it (other blobs by a git sha1).
+
+    Offline there is no listing to say it, and without it the image's file metadata would differ from an online
+    pack's.
+    """
+    name = local.resolve().name
+    return name if _SHA256.fullmatch(name) else None
 
 
 def _cached_license(readme: Path) -> object:
