@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ocimodel import localdb
 from ocimodel.errors import OcimodelError
@@ -36,7 +36,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import Discard, LayerDigests, encode_layer, encoded_range, tar_chunks, tar_size
 from ocimodel.pack import PackOptions, image_annotations, layer_of, load_bases
 from ocimodel.parallel import check, run_all
-from ocimodel.progress import Reporter
+from ocimodel.progress import Reporter, stoppable
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
@@ -142,7 +142,7 @@ def build(
 
     started = time.monotonic()
     image = assemble(bases, layers, image_annotations(source.provenance, pack_options.annotations), pack_options.labels)
-    outcomes += pusher.push_all(_bytes_upload(c.data, c.descriptor.digest, "config") for c in image.configs)
+    outcomes += pusher.push_all(Upload.of_bytes(c.data, c.descriptor.digest, "config") for c in image.configs)
     if len(image.manifests) > 1:
         for manifest in image.manifests:
             pusher.put_manifest(manifest.descriptor, manifest.data, manifest.descriptor.digest)
@@ -216,23 +216,13 @@ def _send_layer(
 def _hash_layer(plan: LayerPlan, compression: str, reporter: Reporter, stop: threading.Event) -> LayerDigests:
     members = plan.members()
     task = reporter.task(f"hash {plan.title}", tar_size(members))
-
-    def advance(n: int) -> None:
-        check(stop)
-        task.advance(n)
-
-    digests = encode_layer(tar_chunks(members), compression, Discard(), advance)
+    digests = encode_layer(tar_chunks(members), compression, Discard(), stoppable(task, stop))
     task.finish()
     return digests
 
 
 def _base_layer(store: Layout, desc: Descriptor, pusher: Pusher, stop: threading.Event) -> tuple[None, BlobOutcome]:
     return None, pusher.push_blob(layout_upload(store, desc), stop)
-
-
-def _bytes_upload(data: bytes, digest: str, label: str) -> Upload:
-    read: Callable[[int, int], list[bytes]] = lambda start, length: [data[start : start + length]]
-    return Upload(len(data), digest, read, label)
 
 
 def build_with_layout(

@@ -29,8 +29,8 @@ from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
 from ocimodel.layout.digestcache import DigestCache, layer_key
 from ocimodel.layout.tarlayer import LayerDigests, encode_layer, tar_chunks, tar_size
-from ocimodel.parallel import check, run_all
-from ocimodel.progress import Reporter
+from ocimodel.parallel import run_all
+from ocimodel.progress import Reporter, stoppable
 from ocimodel.source import Filters, Provenance, Source, SourceFile
 
 #: busybox 1.37.0 from ECR Public's mirror of Docker's official images (an index of all platforms).
@@ -124,13 +124,8 @@ def build_layer(
         reporter.task(plan.title, 0).finish("unchanged")
         return layer_of(plan, known)
     task = reporter.task(plan.title, tar_size(members))
-
-    def advance(n: int) -> None:
-        check(stop)
-        task.advance(n)
-
     with layout.writer(hashing=False) as blob:
-        digests = encode_layer(tar_chunks(members), compression, blob, advance)
+        digests = encode_layer(tar_chunks(members), compression, blob, stoppable(task, stop))
         blob.commit(digests.digest)
     task.finish()
     if cache and key:

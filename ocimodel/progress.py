@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Protocol, TextIO
+from typing import Callable, Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -21,12 +21,23 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from ocimodel.parallel import check
 from ocimodel.units import human_size
 
 
 class Task(Protocol):
     def advance(self, n: int) -> None: ...
     def finish(self, note: str = "") -> None: ...
+
+
+def stoppable(task: Task, stop: threading.Event) -> Callable[[int], None]:
+    """A progress callback that also ends the work within a chunk once ``stop`` is set (another job failed)."""
+
+    def advance(n: int) -> None:
+        check(stop)
+        task.advance(n)
+
+    return advance
 
 
 class Reporter(Protocol):

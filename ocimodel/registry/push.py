@@ -171,6 +171,11 @@ class Upload:
     read: Callable[[int, int], Iterable[bytes]]
     label: str
 
+    @classmethod
+    def of_bytes(cls, data: bytes, digest: str, label: str) -> Upload:
+        """A small document (a config) already in memory."""
+        return cls(len(data), digest, lambda start, length: [data[start : start + length]], label)
+
 
 def layout_upload(layout: Layout, blob: Descriptor) -> Upload:
     path = layout.blob_path(blob.digest)

@@ -33,7 +33,7 @@ from ocimodel.registry.client import RegistryClient, RetryPolicy
 from ocimodel.registry.push import PushOptions, PushResult, push
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of, isolate_credentials
+from tests.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
 from tests.unit.test_push import (
     ECR_HOST,
     Recorder,
@@ -54,15 +54,6 @@ SMALL_SHARD = 40_000
 LAYER_TYPES = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 
 
-@pytest.fixture(autouse=True)
-def no_user_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate_credentials(monkeypatch, tmp_path / "home")
-
-
-@pytest.fixture
-def stub() -> Iterator[RegistryStub]:
-    with RegistryStub() as running:
-        yield running
 
 
 # --- models and bases ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from ocimodel.registry.push import PushOptions
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source import Filters, Provenance, SourceFile, StagedSource
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import RegistryStub, isolate_credentials
+from tests.registry_stub import RegistryStub
 from tests.unit.test_push import Recorder
 
 SHARD = 300_000
@@ -73,15 +73,6 @@ class FakeHub:
                 self.on_disk -= f.size
 
 
-@pytest.fixture(autouse=True)
-def no_user_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate_credentials(monkeypatch, tmp_path / "home")
-
-
-@pytest.fixture
-def stub() -> Iterator[RegistryStub]:
-    with RegistryStub() as running:
-        yield running
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from ocimodel.registry.auth import Credentials, Keychain
 from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
 from ocimodel.registry.pull import PulledImage, pull_image
 from ocimodel.registry.reference import Reference, parse_reference
-from tests.registry_stub import Behaviour, Fault, RegistryStub, isolate_credentials
+from tests.registry_stub import Behaviour, Fault, RegistryStub
 
 REPO = "library/busybox"
 AMD64 = Platform("linux", "amd64")
@@ -31,15 +30,6 @@ ARM64 = Platform("linux", "arm64", "v8")
 PASSWORD = "stub-pa55word"
 
 
-@pytest.fixture(autouse=True)
-def no_user_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate_credentials(monkeypatch, tmp_path / "home")
-
-
-@pytest.fixture
-def stub() -> Iterator[RegistryStub]:
-    with RegistryStub() as running:
-        yield running
 
 
 @pytest.fixture

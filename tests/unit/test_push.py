@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from tests.registry_stub import (
     LoggedRequest,
     RegistryStub,
     digest_of,
-    isolate_credentials,
 )
 
 REPO = "models/tiny"
@@ -56,10 +55,6 @@ ECR_HOST = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 #: Size of the one blob big enough to be chunked: five full chunks and a ragged end.
 BIG = 5 * CHUNK + 1234
 
-
-@pytest.fixture(autouse=True)
-def no_user_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate_credentials(monkeypatch, tmp_path / "home")
 
 
 # --- layouts ---------------------------------------------------------------------------------------------------
@@ -194,11 +189,6 @@ class Pusher:
         with client or self.client() as c:
             return push(image.layout, ref, tag=None, options=opts, reporter=self.reporter, client=c, known=known)
 
-
-@pytest.fixture
-def stub() -> Iterator[RegistryStub]:
-    with RegistryStub() as running:
-        yield running
 
 
 @pytest.fixture
