@@ -355,3 +355,16 @@ def test_ecr_errors_are_explained() -> None:
 
     with pytest.raises(OcimodelError, match="cannot get an ECR login token for .*AWS credentials"):
         EcrCredentials(factory)("123456789012.dkr.ecr.us-east-1.amazonaws.com")
+
+
+def test_ecr_token_from_boto3_against_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default factory is real boto3: region from the host, the standard credential chain, Basic AWS:<token>."""
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        creds = EcrCredentials()("123456789012.dkr.ecr.ap-southeast-2.amazonaws.com")
+    assert creds is not None and creds.username == "AWS" and creds.password
+    assert creds.password not in repr(creds)
