@@ -46,6 +46,17 @@ class Compression(str, Enum):
     zstd = "zstd"
 
 
+class KserveMode(str, Enum):
+    modelcar = "modelcar"
+    native = "native"
+    fetch = "fetch"
+
+
+class ServiceKind(str, Enum):
+    inferenceservice = "inferenceservice"
+    llminferenceservice = "llminferenceservice"
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"ocimodel {__version__}")
@@ -87,13 +98,13 @@ def _tag(text: str) -> str:
 # Options shared by several commands, declared once so their names, defaults and help stay the same everywhere.
 SourceArg = Annotated[str, typer.Argument(help="Model directory, or HuggingFace repo id (org/name or hf://org/name).")]
 RevisionOpt = Annotated[
-    Optional[str], typer.Option(help="Hub branch, tag or commit; recorded as its commit. [default: main]")
+    Optional[str], typer.Option(help="Hub branch, tag or commit; recorded as its commit. \\[default: main]")
 ]
 CacheDirOpt = Annotated[
-    Optional[Path], typer.Option(help="Where Hub downloads are cached. [default: HF_HUB_CACHE, or HF_HOME/hub]")
+    Optional[Path], typer.Option(help="Where Hub downloads are cached. \\[default: HF_HUB_CACHE, or HF_HOME/hub]")
 ]
 BaseOpt = Annotated[
-    Optional[str], typer.Option(help="Base image pinned by digest (REPO@sha256:…), or 'scratch'. [default: busybox]")
+    Optional[str], typer.Option(help="Base image pinned by digest (REPO@sha256:…), or 'scratch'. \\[default: busybox]")
 ]
 PlatformOpt = Annotated[
     str, typer.Option(help="os/arch or os/arch/variant, e.g. linux/arm64; several, comma-separated, make an index.")
@@ -103,14 +114,14 @@ AnnotationOpt = Annotated[list[str], typer.Option(help="Manifest annotation KEY=
 CompressionOpt = Annotated[Compression, typer.Option(help="Layer compression (weights barely compress).")]
 IncludeOpt = Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")]
 ExcludeOpt = Annotated[list[str], typer.Option(help="Leave out files matching this glob (repeatable); not even downloaded.")]
-NoCacheOpt = Annotated[bool, typer.Option(help="Hash every layer again, even if its files did not change.")]
-PlainHttpOpt = Annotated[bool, typer.Option(help="Use plain HTTP (automatic for localhost and 127.0.0.0/8).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Hash every layer again, even if its files did not change.")]
+PlainHttpOpt = Annotated[bool, typer.Option("--plain-http", help="Use plain HTTP (automatic for localhost and 127.0.0.0/8).")]
 ChunkSizeOpt = Annotated[
     str, typer.Option(help="Chunk size for resumable chunked uploads, e.g. 64MiB; 0 for whole-blob uploads.")
 ]
 MountFromOpt = Annotated[list[str], typer.Option(help="Repository of the same registry to mount blobs from (repeatable).")]
 UsernameOpt = Annotated[Optional[str], typer.Option(help="Registry user name (with --password-stdin).")]
-PasswordStdinOpt = Annotated[bool, typer.Option(help="Read the registry password or token from stdin.")]
+PasswordStdinOpt = Annotated[bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")]
 
 
 def _size(text: str) -> int:
@@ -200,8 +211,8 @@ def pack(
     compression: CompressionOpt = Compression.none,
     include: IncludeOpt = [],
     exclude: ExcludeOpt = [],
-    jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. [default: CPUs, max 4]")] = None,
-    plain_http: Annotated[bool, typer.Option(help="Pull the base over plain HTTP (automatic for localhost).")] = False,
+    jobs: Annotated[Optional[int], typer.Option(min=1, max=64, help="Layers built at once. \\[default: CPUs, max 4]")] = None,
+    plain_http: Annotated[bool, typer.Option("--plain-http", help="Pull the base over plain HTTP (automatic for localhost).")] = False,
     no_cache: NoCacheOpt = False,
     label: LabelOpt = [],
     annotation: AnnotationOpt = [],
@@ -211,6 +222,7 @@ def pack(
     from ocimodel.pack import pack as run_pack
     from ocimodel.progress import make_reporter
     from ocimodel.source import open_source
+    from ocimodel.verify import layout_warnings
 
     options = _pack_options(
         base, platform, tag, compression, include, exclude, jobs, plain_http, no_cache, label, annotation
@@ -221,6 +233,7 @@ def pack(
         manifest = run_pack(model, layout, options, reporter)
     finally:
         reporter.close()
+    _warn(layout_warnings(layout, tag))
     if as_json:
         print(json.dumps({"digest": manifest.digest, "size": manifest.size, "layout": str(layout), "tag": tag}))
     else:
@@ -231,7 +244,7 @@ def pack(
 def push(
     layout: Annotated[Path, typer.Argument(help="OCI image layout directory (ours, skopeo's, olot's...).")],
     ref: Annotated[str, typer.Argument(help="Destination: host[:port]/repo[:tag].")],
-    tag: Annotated[Optional[str], typer.Option(help="Which tag of the layout to push. [default: the only one, or latest]")] = None,
+    tag: Annotated[Optional[str], typer.Option(help="Which tag of the layout to push. \\[default: the only one, or latest]")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=32, help="Blobs uploaded at once.")] = 4,
     chunk_size: ChunkSizeOpt = "128MiB",
     mount_from: MountFromOpt = [],
@@ -246,6 +259,7 @@ def push(
     from ocimodel.registry.known import KnownBlobs
     from ocimodel.registry.push import PushOptions, describe
     from ocimodel.registry.push import push as run_push
+    from ocimodel.verify import layout_warnings
 
     target = _target(ref)
     options = PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from))
@@ -259,6 +273,7 @@ def push(
     finally:
         reporter.close()
     print(f"pushed {result.reference}: {describe(result)}", file=sys.stderr)
+    _warn(layout_warnings(layout, tag))
     print(json.dumps(result.to_json()) if as_json else result.reference)
 
 
@@ -303,6 +318,7 @@ def build(
     from ocimodel.registry.known import KnownBlobs
     from ocimodel.registry.push import PushOptions, describe
     from ocimodel.source import open_source
+    from ocimodel.verify import layout_warnings, registry_warnings
 
     target = _target(ref)
     options = BuildOptions(
@@ -318,12 +334,160 @@ def build(
             model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
             if layout is not None:
                 result = build_with_layout(model, target, layout, options, reporter, client, KnownBlobs())
+                warnings = layout_warnings(layout, options.pack.tag)
             else:
                 result = run_build(model, target, options, reporter, client, KnownBlobs())
+                warnings = registry_warnings(client, target.with_digest(result.push.digest))
     finally:
         reporter.close()
     print(f"built {result.push.reference}: {describe(result.push)}", file=sys.stderr)
+    _warn(warnings)
     print(json.dumps(result.to_json()) if as_json else result.push.reference)
+
+
+#: ``verify``'s exit status when the image fails a check (1 stays for errors, 2 for usage errors).
+EXIT_CHECK_FAILED = 3
+
+ImageArg = Annotated[
+    str, typer.Argument(help="OCI image layout directory, or image reference host[:port]/repo[:tag|@sha256:…].")
+]
+LayoutTagOpt = Annotated[
+    Optional[str], typer.Option(help="Layouts: which tag to use. \\[default: the only one, or latest]")
+]
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"ocimodel: warning: {line}", file=sys.stderr)
+
+
+def _image_arg(text: str) -> Path | Reference:
+    """A directory that exists (or is written as a path) is a layout; anything else is a registry reference."""
+    from ocimodel.registry.reference import parse_reference
+
+    if Path(text).exists() or text.startswith((".", "/", "~")):
+        return Path(text).expanduser()
+    try:
+        return parse_reference(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a layout directory, nor an image reference: {exc}", param_hint="IMAGE") from None
+
+
+@app.command()
+def verify(
+    image: ImageArg,
+    platform: Annotated[
+        str, typer.Option(help="Platform of the nodes; picks the manifest of a multi-platform image.")
+    ] = "linux/amd64",
+    mode: Annotated[
+        list[KserveMode], typer.Option(help="Only the checks for this KServe mode (repeatable). \\[default: all]")
+    ] = [],
+    tag: LayoutTagOpt = None,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Skip big layers that would have to be read in full (and the checks that need them)."),
+    ] = False,
+    plain_http: PlainHttpOpt = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check an image against KServe's modelcar, native and fetch modes. Exits 3 if a check fails.
+
+    Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads).
+    """
+    from ocimodel.verify import QUICK, LayoutStore, ReadPolicy, RegistryStore
+    from ocimodel.verify import verify as run_verify
+
+    target = _image_arg(image)
+    node = _platform(platform)
+    modes = [m.value for m in mode] or [m.value for m in KserveMode]
+    policy = QUICK if quick else ReadPolicy()
+    if isinstance(target, Path):
+        from ocimodel.layout.store import Layout
+
+        report = run_verify(LayoutStore(Layout.open(target), tag), node, modes, policy)
+    else:
+        if tag is not None:
+            raise typer.BadParameter("--tag picks a tag of a layout; put the tag in the reference", param_hint="--tag")
+        with _client(target, plain_http, username, password_stdin) as client:
+            report = run_verify(RegistryStore(client, target), node, modes, policy)
+    print(json.dumps(report.to_json()) if as_json else report.table())
+    if report.failed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+def kserve(
+    image: ImageArg,
+    name: Annotated[str, typer.Option(help="Name of the service (lowercase letters, digits, '-').")],
+    kind: Annotated[ServiceKind, typer.Option(help="The KServe resource to write.")] = ServiceKind.inferenceservice,
+    mode: Annotated[
+        KserveMode, typer.Option(help="modelcar: oci:// (sidecar); native: oci+native:// (image volume); fetch.")
+    ] = KserveMode.modelcar,
+    ref: Annotated[
+        Optional[str], typer.Option(help="Layouts: host[:port]/repo the layout was pushed to (its digest is used).")
+    ] = None,
+    tag: LayoutTagOpt = None,
+    namespace: Annotated[Optional[str], typer.Option(help="metadata.namespace.")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="ServingRuntime or ClusterServingRuntime name.")] = None,
+    model_format: Annotated[
+        str, typer.Option(help="InferenceService: spec.predictor.model.modelFormat.name.")
+    ] = "huggingface",
+    model_name: Annotated[
+        Optional[str], typer.Option(help="LLMInferenceService: spec.model.name. \\[default: --name]")
+    ] = None,
+    cpu: Annotated[Optional[str], typer.Option(help="CPU request, e.g. 4.")] = None,
+    memory: Annotated[Optional[str], typer.Option(help="Memory request and limit, e.g. 32Gi.")] = None,
+    gpus: Annotated[Optional[int], typer.Option(min=1, help="nvidia.com/gpu request and limit.")] = None,
+    plain_http: PlainHttpOpt = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+) -> None:
+    """Print a KServe manifest (YAML) that serves the image pinned by digest: oci://host/repo@sha256:….
+
+    A reference with a tag is resolved to its digest once; a layout needs --ref, the repository it was pushed to.
+    """
+    from ocimodel.kserve import Resources, Service, manifest, pinned, to_yaml
+    from ocimodel.registry.reference import parse_reference
+
+    target = _image_arg(image)
+    if isinstance(target, Path):
+        from ocimodel.layout.store import Layout
+        from ocimodel.registry.push import select_tag
+
+        if ref is None:
+            raise typer.BadParameter(
+                "a layout does not say where it was pushed: add --ref host/repo, or give the pushed reference",
+                param_hint="--ref",
+            )
+        try:
+            pushed = parse_reference(ref)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--ref") from None
+        if pushed.digest:
+            raise typer.BadParameter("give host/repo; the digest comes from the layout", param_hint="--ref")
+        _, top = select_tag(Layout.open(target), tag)
+        pinned_image = f"{pushed.registry}/{pushed.repository}@{top.digest}"
+    else:
+        if ref is not None or tag is not None:
+            raise typer.BadParameter("--ref and --tag are for layouts; the reference says it all", param_hint="--ref")
+        if target.digest:
+            pinned_image = f"{target.registry}/{target.repository}@{target.digest}"
+        else:
+            with _client(target, plain_http, username, password_stdin) as client:
+                pinned_image = pinned(target, client)
+    service = Service(
+        name=name, image=pinned_image, kind=kind.value, mode=mode.value, namespace=namespace, runtime=runtime,
+        model_format=model_format, model_name=model_name, resources=Resources(cpu, memory, gpus),
+    )
+    print(to_yaml(manifest(service)), end="")
+
+
+# Importing it costs typer alone: the aws commands load boto3 and the Hub client when they run.
+from ocimodel.aws.cli import aws_app  # noqa: E402
+
+app.add_typer(aws_app, name="aws")
 
 
 def main() -> None:

@@ -931,8 +931,9 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
         process.kill()
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
+    # Usually a layer's temp file is left behind; the kill may also land just after a rename, leaving none.
     stale = layout.temp_files()
-    assert stale and all(name.startswith(".upload-") and name.endswith(".tmp") for name in stale)
+    assert all(name.startswith(".upload-") and name.endswith(".tmp") for name in stale)
 
     assert (layout.root / "index.json").read_bytes() == index_before
     assert layout.entry("latest")["digest"] == old_digest

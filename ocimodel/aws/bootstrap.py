@@ -1,0 +1,427 @@
+"""``ocimodel aws bootstrap``: make the account hold what the plan says, changing only what differs.
+
+Each resource is read first and compared with the plan; only a missing resource is created and only a differing
+setting is written, so a second run makes no change and says so. Settings AWS cannot change in place (a
+repository's encryption) are reported before anything is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from botocore.exceptions import ClientError
+
+from ocimodel.aws import plan as p
+from ocimodel.aws.plan import ModelBuild, Plan
+from ocimodel.aws.session import Clients, aws_call, error_code
+from ocimodel.aws.steps import Step
+from ocimodel.errors import OcimodelError
+from ocimodel.units import human_size
+
+#: A new role takes seconds to become assumable by CodeBuild; create_project fails until then.
+ROLE_PROPAGATION_ATTEMPTS = 12
+ROLE_PROPAGATION_DELAY_SECONDS = 5.0
+
+Sleep = Callable[[float], None]
+
+
+def steps(clients: Clients, plan: Plan, sleep: Sleep = time.sleep) -> list[Step]:
+    """Every step bootstrap takes, found by reading AWS only."""
+    bucket = _bucket_step(clients.s3, plan)
+    return [
+        bucket,
+        _source_step(clients.s3, plan, bucket_exists=bucket.action != "create"),
+        *[_repository_step(clients.ecr, plan, build) for build in plan.builds],
+        _role_step(clients.iam, plan),
+        _role_policy_step(clients.iam, plan),
+        *[_log_group_step(clients.logs, plan, build) for build in plan.builds],
+        *_project_steps(clients.codebuild, plan, sleep),
+        *([_secret_step(clients.secrets, plan)] if plan.settings.hf_token else []),
+    ]
+
+
+def documents(plan: Plan) -> list[tuple[str, str]]:
+    """The documents a dry run shows: policies as JSON and each model's buildspec, exactly as they are sent."""
+    names, models = plan.names, tuple(b.model for b in plan.builds)
+    shown = [
+        (f"IAM role {names.role}: trust policy", _json(p.trust_policy(names, models))),
+        (f"IAM role {names.role}: inline policy {p.ROLE_POLICY_NAME}", _json(p.role_policy(names, models))),
+        ("ECR lifecycle policy (every repository)", _json(p.lifecycle_policy(plan.settings))),
+    ]
+    shown += [(f"CodeBuild project {names.project(b.model)}: buildspec", p.buildspec(plan, b)) for b in plan.builds]
+    return shown
+
+
+def _json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _missing(exc: Exception, *codes: str) -> bool:
+    return error_code(exc) in codes
+
+
+# --- S3: the bucket and the source zip ------------------------------------------------------------------------------
+
+
+def _bucket_step(s3: Any, plan: Plan) -> Step:
+    name, region = plan.names.bucket, plan.names.account.region
+    detail = "private, SSE-S3 (AES256)"
+    with aws_call(f"read S3 bucket {name}"):
+        try:
+            s3.head_bucket(Bucket=name)
+        except ClientError as exc:
+            if _missing(exc, "404", "NoSuchBucket", "NotFound"):
+                return Step("s3 bucket", name, "create", detail, lambda: _create_bucket(s3, plan, region))
+            if _missing(exc, "403", "AccessDenied", "Forbidden"):
+                raise OcimodelError(
+                    f"S3 bucket {name} exists but this identity may not read it: another account owns it (bucket "
+                    "names are global: set another prefix in [aws]), or s3:ListBucket is missing"
+                ) from None
+            raise
+        differs = _bucket_differences(s3, plan)
+    if not differs:
+        return Step("s3 bucket", name, "none", detail)
+    return Step("s3 bucket", name, "update", "set " + ", ".join(differs), lambda: _configure_bucket(s3, plan))
+
+
+def _bucket_differences(s3: Any, plan: Plan) -> list[str]:
+    name = plan.names.bucket
+    differs = []
+    try:
+        block = s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"]
+    except ClientError as exc:
+        if not _missing(exc, "NoSuchPublicAccessBlockConfiguration"):
+            raise
+        block = None
+    if block != p.PUBLIC_ACCESS_BLOCK:
+        differs.append("public access block")
+    try:
+        rules = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]["Rules"]
+        algorithm = rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
+    except ClientError as exc:
+        if not _missing(exc, "ServerSideEncryptionConfigurationNotFoundError"):
+            raise
+        algorithm = None
+    if algorithm != "AES256":
+        differs.append("encryption")
+    return differs
+
+
+def _create_bucket(s3: Any, plan: Plan, region: str) -> None:
+    name = plan.names.bucket
+    location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=name, ObjectOwnership="BucketOwnerEnforced", **location)
+    s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in p.tags_dict().items()]})
+    _configure_bucket(s3, plan)
+
+
+def _configure_bucket(s3: Any, plan: Plan) -> None:
+    name = plan.names.bucket
+    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=p.PUBLIC_ACCESS_BLOCK)
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
+        },
+    )
+
+
+def _source_step(s3: Any, plan: Plan, bucket_exists: bool) -> Step:
+    bundle, bucket = plan.bundle, plan.names.bucket
+    where = f"s3://{bucket}/{p.SOURCE_KEY}"
+    detail = f"{bundle.wheel_name} sha256:{bundle.wheel_sha256[:12]}"
+    current = None
+    if bucket_exists:
+        with aws_call(f"read {where}"):
+            try:
+                current = s3.head_object(Bucket=bucket, Key=p.SOURCE_KEY)["Metadata"].get("sha256")
+            except ClientError as exc:
+                if not _missing(exc, "404", "NoSuchKey", "NotFound"):
+                    raise
+    if current == bundle.sha256:
+        return Step("s3 object", where, "none", detail)
+
+    def upload() -> None:
+        s3.put_object(
+            Bucket=bucket,
+            Key=p.SOURCE_KEY,
+            Body=bundle.data,
+            ContentType="application/zip",
+            ServerSideEncryption="AES256",
+            Metadata={"sha256": bundle.sha256, "wheel": bundle.wheel_name},
+        )
+
+    return Step("s3 object", where, "upload", detail, upload)
+
+
+# --- ECR repositories -----------------------------------------------------------------------------------------------
+
+
+def _repository_step(ecr: Any, plan: Plan, build: ModelBuild) -> Step:
+    settings, name = plan.settings, build.model.repository
+    lifecycle = p.lifecycle_policy(settings)
+    encryption = p.repository_encryption(settings)
+    detail = (
+        f"scan on push, {settings.tag_mutability}, {encryption['encryptionType']}, keep {settings.keep_images} images,"
+        f" untagged expire after {settings.untagged_days} d"
+    )
+    with aws_call(f"read ECR repository {name}"):
+        try:
+            repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+        except ClientError as exc:
+            if not _missing(exc, "RepositoryNotFoundException"):
+                raise
+            repo = None
+        if repo is None:
+
+            def create() -> None:
+                ecr.create_repository(
+                    repositoryName=name,
+                    imageTagMutability=settings.tag_mutability,
+                    imageScanningConfiguration={"scanOnPush": True},
+                    encryptionConfiguration=encryption,
+                    tags=[{"Key": k, "Value": v} for k, v in p.tags_dict().items()],
+                )
+                ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=json.dumps(lifecycle))
+
+            return Step("ecr repository", name, "create", detail, create)
+        _check_encryption(name, repo.get("encryptionConfiguration") or {}, encryption)
+        try:
+            current_lifecycle = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])
+        except ClientError as exc:
+            if not _missing(exc, "LifecyclePolicyNotFoundException"):
+                raise
+            current_lifecycle = None
+    fixes: list[tuple[str, Callable[[], None]]] = []
+    if not (repo.get("imageScanningConfiguration") or {}).get("scanOnPush"):
+        fixes.append(
+            (
+                "scan on push",
+                lambda: ecr.put_image_scanning_configuration(
+                    repositoryName=name, imageScanningConfiguration={"scanOnPush": True}
+                ),
+            )
+        )
+    if repo.get("imageTagMutability") != settings.tag_mutability:
+        fixes.append(
+            (
+                f"tag mutability {settings.tag_mutability}",
+                lambda: ecr.put_image_tag_mutability(repositoryName=name, imageTagMutability=settings.tag_mutability),
+            )
+        )
+    if not _same(current_lifecycle, lifecycle):
+        fixes.append(
+            (
+                "lifecycle policy",
+                lambda: ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=json.dumps(lifecycle)),
+            )
+        )
+    if not fixes:
+        return Step("ecr repository", name, "none", detail)
+
+    def update() -> None:
+        for _, fix in fixes:
+            fix()
+
+    return Step("ecr repository", name, "update", "set " + ", ".join(label for label, _ in fixes), update)
+
+
+def _check_encryption(name: str, current: dict[str, str], wanted: dict[str, str]) -> None:
+    """ECR fixes a repository's encryption at creation: a different one in the config can only be reported."""
+    have = current.get("encryptionType", "AES256")
+    key_differs = (
+        have == "KMS" and wanted.get("kmsKey", "").startswith("arn:") and current.get("kmsKey") != wanted["kmsKey"]
+    )
+    if have != wanted["encryptionType"] or key_differs:
+        have_text = f"{have} ({current['kmsKey']})" if current.get("kmsKey") else have
+        raise OcimodelError(
+            f"ECR repository {name} is encrypted with {have_text} but the config asks for "
+            f"{wanted['encryptionType']}{' (' + wanted['kmsKey'] + ')' if wanted.get('kmsKey') else ''}; ECR cannot "
+            "change a repository's encryption: change [aws] encryption/kms_key, or delete the repository first "
+            "(ocimodel aws teardown --delete-images)"
+        )
+
+
+# --- IAM ------------------------------------------------------------------------------------------------------------
+
+
+def _policy_document(value: Any) -> Any:
+    """IAM documents come back parsed by boto3, or as URL-encoded JSON from some endpoints."""
+    return json.loads(unquote(value)) if isinstance(value, str) else value
+
+
+def _role_step(iam: Any, plan: Plan) -> Step:
+    names, models = plan.names, tuple(b.model for b in plan.builds)
+    trust = p.trust_policy(names, models)
+    detail = f"assumable by codebuild.amazonaws.com for {len(models)} project(s)"
+    with aws_call(f"read IAM role {names.role}"):
+        try:
+            role = iam.get_role(RoleName=names.role)["Role"]
+        except ClientError as exc:
+            if not _missing(exc, "NoSuchEntity"):
+                raise
+            role = None
+    if role is None:
+
+        def create() -> None:
+            iam.create_role(
+                RoleName=names.role,
+                AssumeRolePolicyDocument=json.dumps(trust),
+                Description="ocimodel: CodeBuild builds of models into ECR",
+                Tags=[{"Key": k, "Value": v} for k, v in p.tags_dict().items()],
+            )
+
+        return Step("iam role", names.role, "create", detail, create)
+    if _same(_policy_document(role.get("AssumeRolePolicyDocument")), trust):
+        return Step("iam role", names.role, "none", detail)
+    return Step(
+        "iam role",
+        names.role,
+        "update",
+        "set trust policy",
+        lambda: iam.update_assume_role_policy(RoleName=names.role, PolicyDocument=json.dumps(trust)),
+    )
+
+
+def _role_policy_step(iam: Any, plan: Plan) -> Step:
+    names, models = plan.names, tuple(b.model for b in plan.builds)
+    document = p.role_policy(names, models)
+    label = f"{names.role}/{p.ROLE_POLICY_NAME}"
+    detail = "logs, ECR login + push on its repositories, source zip" + (", HF token" if plan.settings.hf_token else "")
+    with aws_call(f"read IAM role policy {label}"):
+        try:
+            current = _policy_document(
+                iam.get_role_policy(RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME)["PolicyDocument"]
+            )
+        except ClientError as exc:
+            if not _missing(exc, "NoSuchEntity"):
+                raise
+            current = None
+    if _same(current, document):
+        return Step("iam policy", label, "none", detail)
+    return Step(
+        "iam policy",
+        label,
+        "create" if current is None else "update",
+        detail,
+        lambda: iam.put_role_policy(
+            RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME, PolicyDocument=json.dumps(document)
+        ),
+    )
+
+
+# --- CloudWatch Logs ------------------------------------------------------------------------------------------------
+
+
+def find_log_group(logs: Any, name: str) -> dict[str, Any] | None:
+    groups = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
+    return next((g for g in groups if g["logGroupName"] == name), None)
+
+
+def _log_group_step(logs: Any, plan: Plan, build: ModelBuild) -> Step:
+    name, days = plan.names.log_group(build.model), plan.settings.log_retention_days
+    detail = f"retention {days} d"
+    with aws_call(f"read log group {name}"):
+        group = find_log_group(logs, name)
+    if group is None:
+
+        def create() -> None:
+            logs.create_log_group(logGroupName=name, tags=p.tags_dict())
+            logs.put_retention_policy(logGroupName=name, retentionInDays=days)
+
+        return Step("log group", name, "create", detail, create)
+    if group.get("retentionInDays") == days:
+        return Step("log group", name, "none", detail)
+    return Step(
+        "log group",
+        name,
+        "update",
+        f"set retention {days} d",
+        lambda: logs.put_retention_policy(logGroupName=name, retentionInDays=days),
+    )
+
+
+# --- CodeBuild ------------------------------------------------------------------------------------------------------
+
+
+def _project_steps(codebuild: Any, plan: Plan, sleep: Sleep) -> list[Step]:
+    names = [plan.names.project(b.model) for b in plan.builds]
+    with aws_call("read CodeBuild projects"):
+        found = {project["name"]: project for project in codebuild.batch_get_projects(names=names)["projects"]}
+    result = []
+    for build, name in zip(plan.builds, names, strict=True):
+        request = p.project_request(plan, build)
+        size = f", {human_size(build.size)} of files" if build.size is not None else ""
+        detail = f"{build.compute_type}, timeout {build.timeout_minutes} min{size}, no privileged mode"
+        current = found.get(name)
+        if current is None:
+            result.append(
+                Step(
+                    "codebuild project",
+                    name,
+                    "create",
+                    detail,
+                    partial(_while_role_propagates, partial(codebuild.create_project, **request), sleep),
+                )
+            )
+            continue
+        wanted, have = p.project_view(request), p.project_view(current)
+        differs = [key for key in wanted if wanted[key] != have[key]]
+        if not differs:
+            result.append(Step("codebuild project", name, "none", detail))
+            continue
+        update = {k: v for k, v in request.items() if k != "tags"}
+        result.append(
+            Step(
+                "codebuild project",
+                name,
+                "update",
+                f"set {', '.join(differs)}: {detail}",
+                partial(_while_role_propagates, partial(codebuild.update_project, **update), sleep),
+            )
+        )
+    return result
+
+
+def _while_role_propagates(call: Callable[[], Any], sleep: Sleep) -> None:
+    """Retry while CodeBuild cannot yet assume a role IAM just created or changed (IAM is eventually consistent)."""
+    for attempt in range(1, ROLE_PROPAGATION_ATTEMPTS + 1):
+        try:
+            call()
+            return
+        except ClientError as exc:
+            message = str(exc.response.get("Error", {}).get("Message", ""))
+            propagating = _missing(exc, "InvalidInputException") and "sts:AssumeRole" in message
+            if not propagating or attempt == ROLE_PROPAGATION_ATTEMPTS:
+                raise
+        sleep(ROLE_PROPAGATION_DELAY_SECONDS)
+
+
+# --- Secrets Manager ------------------------------------------------------------------------------------------------
+
+
+def secret_exists(secrets: Any, name: str) -> bool:
+    try:
+        described = secrets.describe_secret(SecretId=name)
+    except ClientError as exc:
+        if _missing(exc, "ResourceNotFoundException"):
+            return False
+        raise
+    return "DeletedDate" not in described
+
+
+def _secret_step(secrets: Any, plan: Plan) -> Step:
+    name = plan.names.secret
+    with aws_call(f"read secret {name}"):
+        present = secret_exists(secrets, name)
+    if present:
+        return Step("secret", name, "none", "HF token stored; builds read it at run time")
+    return Step("secret", name, "missing", "no HF token yet: run ocimodel aws set-hf-token before building")

@@ -1,0 +1,89 @@
+"""boto3 clients for one region, and AWS failures as one-line errors that say what was being done.
+
+Credentials, profiles and endpoints are boto3's standard chain (``AWS_PROFILE``, ``AWS_ENDPOINT_URL``, SSO…); ocimodel
+reads no credential itself. AWS error messages name resources and actions, never secret values, so they are passed
+on as they are.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ocimodel.aws.plan import Account
+from ocimodel.errors import OcimodelError
+
+
+@dataclass(frozen=True)
+class Clients:
+    region: str
+    ecr: Any
+    iam: Any
+    s3: Any
+    logs: Any
+    codebuild: Any
+    secrets: Any
+    sts: Any
+
+
+def connect(region: str | None) -> Clients:
+    """Clients for ``region`` (the config's), else the region of the standard AWS chain."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    with aws_call("read the AWS configuration"):
+        session = boto3.session.Session(region_name=region)
+    if not session.region_name:
+        raise OcimodelError("no AWS region: set region in the [aws] table of the config, or AWS_REGION")
+    config = BotoConfig(retries={"mode": "standard", "max_attempts": 6})
+
+    def client(service: str) -> Any:
+        return session.client(service, config=config)
+
+    return Clients(
+        region=session.region_name,
+        ecr=client("ecr"),
+        iam=client("iam"),
+        s3=client("s3"),
+        logs=client("logs"),
+        codebuild=client("codebuild"),
+        secrets=client("secretsmanager"),
+        sts=client("sts"),
+    )
+
+
+def whoami(clients: Clients) -> Account:
+    with aws_call("identify the AWS account (sts get-caller-identity)"):
+        identity = clients.sts.get_caller_identity()
+    partition = identity["Arn"].split(":")[1]
+    return Account(identity["Account"], clients.region, partition)
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str(((response or {}).get("Error") or {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+@contextmanager
+def aws_call(doing: str) -> Iterator[None]:
+    """botocore's exceptions as an ``OcimodelError`` naming what failed and, for the usual causes, what to do."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    try:
+        yield
+    except NoCredentialsError:
+        raise OcimodelError(
+            f"cannot {doing}: no AWS credentials; set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ) from None
+    except NoRegionError:
+        raise OcimodelError(
+            f"cannot {doing}: no AWS region; set region in [aws] of the config, or AWS_REGION"
+        ) from None
+    except ClientError as exc:
+        code = error_code(exc)
+        message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+        hint = "; the AWS identity lacks a permission" if code in ("AccessDenied", "AccessDeniedException") else ""
+        raise OcimodelError(f"cannot {doing}: AWS said {code}: {message}{hint}") from None
+    except BotoCoreError as exc:
+        raise OcimodelError(f"cannot {doing}: {' '.join(str(exc).split())}") from None

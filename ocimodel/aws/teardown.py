@@ -1,0 +1,132 @@
+"""``ocimodel aws teardown``: remove what bootstrap made for a config, in the reverse order of its making.
+
+Repositories hold the images KServe pulls, so they go only with ``--delete-images``. The HF token secret goes only
+if ocimodel created it (it carries our tag): a config may name a secret the user keeps for other things.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ocimodel.aws import plan as p
+from ocimodel.aws.bootstrap import find_log_group
+from ocimodel.aws.config import Config, ModelSpec
+from ocimodel.aws.plan import Names
+from ocimodel.aws.session import Clients, aws_call, error_code
+from ocimodel.aws.steps import Step
+
+
+def steps(clients: Clients, config: Config, names: Names, delete_images: bool) -> list[Step]:
+    models = config.models
+    return [
+        *_project_steps(clients.codebuild, names, models),
+        *[_log_group_step(clients.logs, names.log_group(m)) for m in models],
+        _role_step(clients.iam, names),
+        _bucket_step(clients.s3, names),
+        *([_secret_step(clients.secrets, names)] if config.aws.hf_token else []),
+        *[_repository_step(clients.ecr, m.repository, delete_images) for m in models],
+    ]
+
+
+def _project_steps(codebuild: Any, names: Names, models: tuple[ModelSpec, ...]) -> list[Step]:
+    wanted = [names.project(m) for m in models]
+    with aws_call("read CodeBuild projects"):
+        found = {project["name"] for project in codebuild.batch_get_projects(names=wanted)["projects"]}
+    return [
+        Step("codebuild project", name, "delete", "", partial(codebuild.delete_project, name=name))
+        if name in found
+        else Step("codebuild project", name, "absent")
+        for name in wanted
+    ]
+
+
+def _log_group_step(logs: Any, name: str) -> Step:
+    with aws_call(f"read log group {name}"):
+        group = find_log_group(logs, name)
+    if group is None:
+        return Step("log group", name, "absent")
+    return Step("log group", name, "delete", "build logs", lambda: logs.delete_log_group(logGroupName=name))
+
+
+def _role_step(iam: Any, names: Names) -> Step:
+    with aws_call(f"read IAM role {names.role}"):
+        try:
+            iam.get_role(RoleName=names.role)
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            return Step("iam role", names.role, "absent")
+        policies = iam.list_role_policies(RoleName=names.role)["PolicyNames"]
+
+    def delete() -> None:
+        if p.ROLE_POLICY_NAME in policies:
+            iam.delete_role_policy(RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME)
+        iam.delete_role(RoleName=names.role)
+
+    return Step("iam role", names.role, "delete", f"with its policy {p.ROLE_POLICY_NAME}", delete)
+
+
+def _bucket_step(s3: Any, names: Names) -> Step:
+    bucket = names.bucket
+    with aws_call(f"read S3 bucket {bucket}"):
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            return Step("s3 bucket", bucket, "absent")
+
+    def delete() -> None:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=bucket)
+
+    return Step("s3 bucket", bucket, "delete", "with the ocimodel wheel", delete)
+
+
+def _secret_step(secrets: Any, names: Names) -> Step:
+    name = names.secret
+    with aws_call(f"read secret {name}"):
+        try:
+            described = secrets.describe_secret(SecretId=name)
+        except ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+            return Step("secret", name, "absent")
+    if "DeletedDate" in described:
+        return Step("secret", name, "absent", "already scheduled for deletion")
+    tags = {t.get("Key"): t.get("Value") for t in described.get("Tags") or []}
+    if tags.get(p.MANAGED_TAG[0]) != p.MANAGED_TAG[1]:
+        return Step("secret", name, "keep", "not created by ocimodel")
+    return Step(
+        "secret",
+        name,
+        "delete",
+        "HF token, without a recovery window",
+        lambda: secrets.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True),
+    )
+
+
+def _repository_step(ecr: Any, name: str, delete_images: bool) -> Step:
+    with aws_call(f"read ECR repository {name}"):
+        try:
+            ecr.describe_repositories(repositoryNames=[name])
+        except ClientError as exc:
+            if error_code(exc) != "RepositoryNotFoundException":
+                raise
+            return Step("ecr repository", name, "absent")
+        images = sum(len(page["imageIds"]) for page in ecr.get_paginator("list_images").paginate(repositoryName=name))
+    if not delete_images:
+        return Step("ecr repository", name, "keep", f"{images} image(s); --delete-images deletes it with them")
+    return Step(
+        "ecr repository",
+        name,
+        "delete",
+        f"with its {images} image(s)",
+        lambda: ecr.delete_repository(repositoryName=name, force=True),
+    )

@@ -1,0 +1,279 @@
+"""``ocimodel aws`` end to end: the real CLI in subprocesses against a moto server, and the buildspec run for real.
+
+The CLI finds the moto server through ``AWS_ENDPOINT_URL`` as boto3 finds any endpoint, and the Hub look-alike
+through ``HF_ENDPOINT``; everything listens on 127.0.0.1. The buildspec test runs the commands CodeBuild would run,
+in the folder CodeBuild would unzip the source into, with the wheel bootstrap builds from this repository, against
+the real docker-registry standing in for ECR: the only differences are the registry address (``OCIMODEL_REGISTRY``,
+as a start-build override would set it) and the HF token, handed over as CodeBuild hands over the secret.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+import yaml
+from moto.server import ThreadedMotoServer
+
+from ocimodel.aws import plan as p
+from ocimodel.aws.config import parse_config
+from ocimodel.aws.plan import Account, Names, Plan, model_build
+from ocimodel.aws.wheel import build_wheel, bundle, source_tree
+from tests.harness.registry import Registry
+from tests.hub_server import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+GATED = gated_repo()
+CONFIG = """
+[aws]
+region = "us-east-1"
+keep_images = 5
+
+[[models]]
+id = "acme/tiny"
+exclude = ["original/*"]
+
+[[models]]
+id = "acme/gated"
+"""
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubServer]:
+    with run_hub([tiny_repo(), gated_repo()], {GRANTED_TOKEN: {"acme/gated"}}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    access_log = logging.getLogger("werkzeug")  # one line per request: noise in a failing test's output
+    level = access_log.level
+    access_log.setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        access_log.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This repository's wheel, built the way bootstrap builds it."""
+    tree = source_tree()
+    assert tree is not None, "the tests run from a source tree"
+    return build_wheel(tree, tmp_path_factory.mktemp("wheel"), isolated=False)  # no package index in tests
+
+
+def clean_environ() -> dict[str, str]:
+    """The machine's environment without its AWS or HF settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_", "HUGGING"))}
+
+
+@pytest.fixture
+def env(tmp_path: Path, moto_server: str, hub: HubServer) -> dict[str, str]:
+    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    return clean_environ() | {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+
+
+def ocimodel(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ocimodel", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def client(env: dict[str, str], service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], tmp_path: Path, wheel: Path) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(CONFIG)
+    common = ("--config", str(config))
+    ecr, codebuild, s3 = client(env, "ecr"), client(env, "codebuild"), client(env, "s3")
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text(CONFIG + 'compute_type = "BUILD_GENERAL1_HUGE"\n')
+    failed = ocimodel(env, "aws", "bootstrap", "--config", str(broken), "--wheel", str(wheel))
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert (
+        failed.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"ocimodel: error: {broken}: model 2 (acme/gated): compute_type")
+    )
+
+    dry = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel), "--dry-run"))
+    assert last_line(dry) == "dry run: 9 would create, 1 would upload (nothing was changed)"
+    assert s3.list_buckets()["Buckets"] == [] and ecr.describe_repositories()["repositories"] == []
+
+    first = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
+    assert last_line(first) == "bootstrap: 9 created, 1 uploaded"
+    assert "ocimodel/hf-token" in first and "missing" in first
+    again = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
+    assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
+    assert sorted(codebuild.list_projects()["projects"]) == ["ocimodel-acme-gated", "ocimodel-acme-tiny"]
+
+    stored = ocimodel(env, "aws", "set-hf-token", *common, input=GRANTED_TOKEN + "\n")
+    assert ok(stored) == f"created secret ocimodel/hf-token in {REGION}\n"
+    assert GRANTED_TOKEN not in stored.stdout + stored.stderr
+    secret = client(env, "secretsmanager").get_secret_value(SecretId="ocimodel/hf-token")["SecretString"]
+    assert secret == GRANTED_TOKEN
+
+    started = ok(ocimodel(env, "aws", "build", "acme/gated", *common, "--no-follow")).strip()
+    assert started in codebuild.list_builds_for_project(projectName="ocimodel-acme-gated")["ids"]
+
+    # moto's builds succeed at once and log nothing: the image must then be found in ECR by its tag.
+    missing = ocimodel(env, "aws", "build", "acme/tiny", *common, "--poll-interval", "0")
+    assert missing.returncode == 1
+    assert "succeeded, but ECR has no " + f"{REGISTRY}/kserve-models/acme-tiny:latest" in missing.stderr
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []})
+    digest = ecr.put_image(repositoryName="kserve-models/acme-tiny", imageManifest=manifest, imageTag="latest")[
+        "image"
+    ]["imageId"]["imageDigest"]
+    uri = f"oci://{REGISTRY}/kserve-models/acme-tiny@{digest}"
+    built = ocimodel(env, "aws", "build", "tiny", *common, "--poll-interval", "0")
+    assert built.returncode == 1 and "no model 'tiny'" in built.stderr  # names are slugs: acme-tiny
+    assert ok(ocimodel(env, "aws", "build", "acme-tiny", *common, "--poll-interval", "0")) == uri + "\n"
+
+    header, tiny, gated = ok(ocimodel(env, "aws", "status", *common)).splitlines()
+    assert header.split()[:2] == ["MODEL", "PROJECT"]
+    assert tiny.split()[0] == "acme/tiny" and "SUCCEEDED" in tiny and tiny.endswith(uri)
+    assert gated.split()[:3] == ["acme/gated", "ocimodel-acme-gated", started] and gated.endswith(" -")
+
+    refused = ocimodel(env, "aws", "teardown", *common)
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    gone = ok(ocimodel(env, "aws", "teardown", *common, "--yes", "--delete-images"))
+    assert last_line(gone) == "teardown: 9 deleted"
+    assert codebuild.list_projects()["projects"] == [] and s3.list_buckets()["Buckets"] == []
+    assert ecr.describe_repositories()["repositories"] == []
+    assert client(env, "iam").list_roles()["Roles"] == []
+    assert client(env, "secretsmanager").list_secrets()["SecretList"] == []
+
+
+def test_the_buildspec_commands_push_the_model_to_the_registry(
+    registry: Registry, busybox_ref: str, hub: HubServer, wheel: Path, tmp_path: Path
+) -> None:
+    config = parse_config(CONFIG.replace("[aws]\n", f'[aws]\nbase = "{busybox_ref}"\n'), "models.toml")
+    gated = config.find("acme/gated")
+    built = bundle(wheel)
+    plan = Plan(config, Names(config.aws, Account(ACCOUNT, REGION)), (model_build(gated, 1000),), built)
+    spec = yaml.safe_load(p.buildspec(plan, plan.builds[0]))
+
+    source = tmp_path / "codebuild-src"  # what CodeBuild unzips the S3 source into
+    with zipfile.ZipFile(io.BytesIO(built.data)) as archive:
+        archive.extractall(source)
+    assert [f.name for f in source.iterdir()] == [wheel.name]
+
+    # The build image's python3, without ocimodel: a venv that sees the machine's packages (so pip needs no index)
+    # but gets ocimodel only from the wheel the buildspec installs.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    secret_name = spec["env"]["secrets-manager"]["HF_TOKEN"]
+    assert secret_name == "ocimodel/hf-token"
+    env = (
+        clean_environ()
+        | spec["env"]["variables"]
+        | {
+            "OCIMODEL_REGISTRY": registry.host,  # the start-build override pointing the build at the stand-in for ECR
+            "HF_TOKEN": GRANTED_TOKEN,  # what CodeBuild fetches from the secret named above
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(tmp_path / "hf"),
+            "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+            "PIP_NO_INDEX": "1",
+        }
+    )
+    phases = spec["phases"]
+    commands = [
+        c
+        for phase in ("install", "pre_build", "build", "post_build")
+        for c in phases.get(phase, {}).get("commands", [])
+    ]
+    script = "\n".join(["set -eo pipefail", *commands])
+    assert spec["env"]["shell"] == "bash"
+    result = subprocess.run(["bash", "-c", script], cwd=source, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+
+    out = json.loads(last_line(result.stdout))
+    assert out["uri"] == f"oci://{registry.host}/kserve-models/acme-gated@{out['digest']}"
+    pushed = registry.fetch_manifest("kserve-models/acme-gated", "latest")
+    assert pushed.digest == out["digest"]
+    annotations = pushed.json()["annotations"]
+    assert annotations["org.opencontainers.image.revision"] == GATED.at("main").sha
+    assert annotations["org.opencontainers.image.title"] == "acme/gated"
+    assert (
+        pushed.json()["layers"][0]["digest"]
+        == registry.fetch_manifest("library/busybox", busybox_ref.rsplit("@", 1)[1]).json()["layers"][0]["digest"]
+    )
+    assert GRANTED_TOKEN not in result.stdout + result.stderr
+
+    where = subprocess.run(
+        ["python3", "-c", "import ocimodel; print(ocimodel.__file__)"],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.startswith(str(venv)), "the build ran the wheel's ocimodel, not the source tree's"
+
+    # A wheel that is not the one the buildspec names is refused before pip runs.
+    (source / wheel.name).write_bytes(b"tampered")
+    tampered = subprocess.run(["bash", "-c", script], cwd=source, env=env, capture_output=True, text=True, timeout=60)
+    assert tampered.returncode != 0 and "FAILED" in tampered.stdout + tampered.stderr
+
+
+def test_the_wheel_is_reproducible(wheel: Path) -> None:
+    """Every entry is dated SOURCE_DATE_EPOCH, so the same tree builds the same bytes and a second bootstrap finds
+    the uploaded source unchanged (two builds compared byte for byte cost seconds; the dates are what differed)."""
+    with zipfile.ZipFile(wheel) as archive:
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        names = archive.namelist()
+    assert "ocimodel/aws/cli.py" in names and "ocimodel/cli.py" in names
+    assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
+    assert bundle(wheel).data == bundle(wheel).data
