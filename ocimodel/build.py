@@ -37,7 +37,7 @@ from ocimodel.layout.tarlayer import Discard, LayerDigests, encode_layer, encode
 from ocimodel.pack import PackOptions, image_annotations, layer_of, load_bases
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter, stoppable
-from ocimodel.registry.client import RegistryClient
+from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
 from ocimodel.registry.reference import Reference
@@ -205,7 +205,15 @@ def _send_layer(
     size = digests.size if digests else tar_size(members)
     upload = Upload(size, digests.digest if digests else None, partial(encoded_range, members, ctx.compression),
                     plan.title)
-    outcome = ctx.pusher.push_blob(upload, stop, absent=absent)
+    try:
+        outcome = ctx.pusher.push_blob(upload, stop, absent=absent)
+    except RegistryError as exc:
+        if digests is None or ctx.cache is None or "DIGEST_INVALID" not in exc.codes:
+            raise
+        # The cache's digest no longer matches the bytes (a file rewritten with its size and mtime kept): forget
+        # it and send the layer again, hashing it as it goes.
+        ctx.cache.forget(layer_key(plan, ctx.compression))
+        return _send_layer(plan, ctx, None, stop)
     if digests is None:
         digests = LayerDigests(OCI_LAYER, outcome.digest, size, outcome.digest)
     if ctx.cache is not None:

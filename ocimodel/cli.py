@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -33,7 +32,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 class _State:
@@ -90,7 +88,9 @@ def _platform(text: str) -> Platform:
 
 
 def _tag(text: str) -> str:
-    if not _TAG.match(text):
+    from ocimodel.registry.reference import is_tag
+
+    if not is_tag(text):
         raise typer.BadParameter(f"{text!r} is not a valid tag (letters, digits, _ . -; at most 128; no leading . or -)")
     return text
 
@@ -321,6 +321,8 @@ def build(
     from ocimodel.verify import layout_warnings, registry_warnings
 
     target = _target(ref)
+    if layout is not None and (disk_budget or two_pass):
+        raise typer.BadParameter("--layout packs then pushes: it takes neither --disk-budget nor --two-pass")
     options = BuildOptions(
         pack=_pack_options(base, platform, target.tag or "latest", compression, include, exclude, jobs, plain_http,
                            no_cache, label, annotation),
@@ -494,9 +496,6 @@ def main() -> None:
     """Typer handles usage errors (exit 2); our own errors become one line (exit 1)."""
     try:
         app()
-    except KeyboardInterrupt:
-        print("ocimodel: interrupted", file=sys.stderr)
-        sys.exit(130)
     except OcimodelError as exc:
         if _State.debug:
             raise

@@ -18,8 +18,8 @@ class Cancelled(Exception):
     """Raised inside a job that noticed ``stop``: another job failed, or the user interrupted."""
 
 
-def check(stop: threading.Event) -> None:
-    if stop.is_set():
+def check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
         raise Cancelled
 
 

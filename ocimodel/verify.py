@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import posixpath
 import tarfile
 from contextlib import AbstractContextManager, contextmanager
@@ -77,6 +78,8 @@ _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+log = logging.getLogger("ocimodel.verify")
 
 
 class Result(str, Enum):
@@ -840,16 +843,20 @@ def layout_warnings(path: Path, tag: str | None) -> list[str]:
     """What ``pack`` and ``push`` print about the image they just wrote or sent: read from the layout alone."""
     try:
         return _warnings(LayoutStore(Layout.open(path), tag))
-    except OcimodelError as exc:
-        return [f"could not check the image for KServe: {exc}"]
+    except Exception as exc:  # advisory: nothing here may turn a finished pack or push into a failure
+        log.debug("KServe check failed", exc_info=True)
+        message = str(exc) if isinstance(exc, OcimodelError) else type(exc).__name__
+        return [f"could not check the image for KServe: {message}"]
 
 
 def registry_warnings(client: RegistryClient, ref: Reference) -> list[str]:
     """What ``build`` prints about the image it pushed: manifests, configs and small layers, read back."""
     try:
         return _warnings(RegistryStore(client, ref))
-    except OcimodelError as exc:
-        return [f"could not check the image for KServe: {exc}"]
+    except Exception as exc:  # advisory: nothing here may turn a finished build into a failure
+        log.debug("KServe check failed", exc_info=True)
+        message = str(exc) if isinstance(exc, OcimodelError) else type(exc).__name__
+        return [f"could not check the image for KServe: {message}"]
 
 
 def _warnings(store: Store) -> list[str]:

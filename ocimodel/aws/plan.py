@@ -11,7 +11,6 @@ allowed exactly their repositories and log groups.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -22,6 +21,7 @@ from ocimodel.aws.config import AwsSettings, Config, ModelSpec
 from ocimodel.aws.sizing import GB, compute_type_for, fits, timeout_for
 from ocimodel.aws.wheel import Bundle
 from ocimodel.errors import OcimodelError
+from ocimodel.registry.reference import parse_ecr
 
 #: Tag put on everything bootstrap creates; teardown deletes a secret only if it carries it.
 MANAGED_TAG = ("managed-by", "ocimodel")
@@ -37,7 +37,6 @@ ECR_PUSH_ACTIONS = (
     "ecr:UploadLayerPart",
 )
 ECR_PULL_ACTIONS = ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
-_ECR_HOST = re.compile(r"(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
 
 
 @dataclass(frozen=True)
@@ -256,11 +255,11 @@ def _ecr_base_repository(names: Names) -> str | None:
     if not base or base == "scratch":
         return None
     host, _, rest = base.partition("/")
-    match = _ECR_HOST.fullmatch(host)
-    if match is None:
+    ecr = parse_ecr(host)
+    if ecr is None:
         return None
     repository = rest.split("@", 1)[0].split(":", 1)[0]
-    return names.account.arn("ecr", f"repository/{repository}", region=match["region"], account=match["account"])
+    return names.account.arn("ecr", f"repository/{repository}", region=ecr.region, account=ecr.account)
 
 
 PUBLIC_ACCESS_BLOCK = {

@@ -62,7 +62,11 @@ def build_wheel(tree: Path, out_dir: Path, *, isolated: bool = True) -> Path:
     """
     with tempfile.TemporaryDirectory(prefix="ocimodel-wheel-") as work:
         copy = Path(work) / "src"
-        shutil.copytree(tree, copy, ignore=_COPY_IGNORE)
+        copy.mkdir()
+        # Only what the wheel is made of: a checkout may also hold venvs and multi-GB layouts.
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(tree / name, copy / name)
+        shutil.copytree(tree / "ocimodel", copy / "ocimodel", ignore=_COPY_IGNORE)
         result = subprocess.run(
             [
                 sys.executable,

@@ -106,11 +106,11 @@ class Descriptor:
             digest = obj["digest"]
             size = int(obj["size"])
             media_type = obj.get("mediaType", "")
-        except (KeyError, TypeError, ValueError) as exc:
+            platform = Platform.from_json(obj["platform"]) if obj.get("platform") else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed descriptor {obj!r}") from exc
         if not is_digest(digest):
             raise ValueError(f"unsupported digest {digest!r} (only sha256 is supported)")
-        platform = Platform.from_json(obj["platform"]) if obj.get("platform") else None
         return cls(media_type, digest, size, dict(obj.get("annotations") or {}), platform)
 
     @classmethod

@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 from ocimodel import localdb
@@ -36,8 +37,19 @@ def layer_key(plan: LayerPlan, compression: str) -> str:
             st = f.local.stat()
             identity = ["stat", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         files.append([f.path, *identity])
-    blob = json.dumps([FORMAT, compression, files], separators=(",", ":")).encode()
+    blob = json.dumps([FORMAT, compression, _codec(compression), files], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def _codec(compression: str) -> str:
+    """The compressor's version: another zlib (zlib-ng, say) or zstd compresses the same tar to other bytes."""
+    if compression == "gzip":
+        return zlib.ZLIB_RUNTIME_VERSION
+    if compression == "zstd":
+        import zstandard
+
+        return ".".join(map(str, zstandard.ZSTD_VERSION))
+    return ""
 
 
 class DigestCache:
@@ -53,6 +65,13 @@ class DigestCache:
         except (sqlite3.Error, OSError):
             return None
         return LayerDigests(row[0], row[1], int(row[2]), row[3]) if row else None
+
+    def forget(self, key: str) -> None:
+        try:
+            with localdb.connect(self.path, _SCHEMA) as db:
+                db.execute("DELETE FROM layer_digests WHERE key = ?", (key,))
+        except (sqlite3.Error, OSError):
+            pass
 
     def put(self, key: str, digests: LayerDigests) -> None:
         try:

@@ -7,13 +7,15 @@ made it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 from ocimodel.errors import DigestMismatch, OcimodelError
 from ocimodel.layout.descriptor import (
@@ -35,19 +37,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Files get the mode ``open`` would give them (0644 under the usual umask), not mkstemp's 0600: a layout packed by
+#: one user is read by others (skopeo, a web server, a container running as non-root).
+FILE_MODE = 0o666 & ~_umask()
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Disk full, permission denied, read-only file system: one line naming the place, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise OcimodelError(f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions, then rerun") from exc
+
+
+def _temp_file(folder: Path, prefix: str) -> tuple[int, Path]:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
+    return fd, Path(tmp)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with _writing(path):
+        fd, tmp = _temp_file(path.parent, f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
 
 
 class BlobWriter:
@@ -60,8 +89,8 @@ class BlobWriter:
 
     def __init__(self, layout: Layout, hashing: bool = True) -> None:
         self._layout = layout
-        fd, tmp = tempfile.mkstemp(dir=layout.blob_dir, prefix=".upload-", suffix=".tmp")
-        self._tmp = Path(tmp)
+        with _writing(layout.blob_dir):
+            fd, self._tmp = _temp_file(layout.blob_dir, ".upload-")
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256() if hashing else None
         self.size = 0
@@ -69,7 +98,8 @@ class BlobWriter:
     def write(self, chunk: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(chunk)
-        self._file.write(chunk)
+        with _writing(self._layout.blob_dir):
+            self._file.write(chunk)
         self.size += len(chunk)
 
     def commit(self, expected: str | None = None) -> str:
@@ -80,17 +110,18 @@ class BlobWriter:
             digest = expected
         else:
             digest = "sha256:" + self._hash.hexdigest()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if expected is not None and digest != expected:
-            self._tmp.unlink(missing_ok=True)
-            raise DigestMismatch(f"content announced as {expected} hashes to {digest}; refusing it")
-        target = self._layout.blob_path(digest)
-        if target.exists():
-            self._tmp.unlink()
-        else:
-            os.replace(self._tmp, target)
+        with _writing(self._layout.blob_dir):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if expected is not None and digest != expected:
+                self._tmp.unlink(missing_ok=True)
+                raise DigestMismatch(f"content announced as {expected} hashes to {digest}; refusing it")
+            target = self._layout.blob_path(digest)
+            if target.exists():
+                self._tmp.unlink()
+            else:
+                os.replace(self._tmp, target)
         return digest
 
     def __enter__(self) -> BlobWriter:
@@ -176,9 +207,6 @@ class Layout:
             raise DigestMismatch(f"blob {digest} in {self.root} is corrupt (its content hashes differently)")
         return data
 
-    def read_json(self, digest: str) -> Any:
-        return json.loads(self.read_blob(digest))
-
     def manifests(self) -> list[Descriptor]:
         """The entries of ``index.json``, in file order."""
         try:
@@ -193,12 +221,19 @@ class Layout:
         }
 
     def set_tag(self, tag: str, desc: Descriptor) -> None:
-        """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place."""
+        """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place.
+
+        The blob directory is synced first, so after a power loss the index never names a blob whose directory
+        entry was lost; a lock keeps two packs into one layout from dropping each other's tags.
+        """
         entry = Descriptor(
             desc.media_type, desc.digest, desc.size, {**desc.annotations, ANNOTATION_REF_NAME: tag}, desc.platform
         )
-        entries = [d for d in self.manifests() if d.annotations.get(ANNOTATION_REF_NAME) != tag]
-        atomic_write(self.index_path, _index_bytes([*entries, entry]))
+        with _writing(self.index_path), open(self.root / "oci-layout", "rb") as marker:
+            _fsync_dir(self.blob_dir)
+            fcntl.flock(marker.fileno(), fcntl.LOCK_EX)
+            entries = [d for d in self.manifests() if d.annotations.get(ANNOTATION_REF_NAME) != tag]
+            atomic_write(self.index_path, _index_bytes([*entries, entry]))
 
 
 def _index_bytes(entries: list[Descriptor]) -> bytes:

@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from ocimodel.errors import OcimodelError
-from ocimodel.registry.reference import DOCKER_HUB, DOCKER_HUB_API
+from ocimodel.registry.reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback, parse_ecr
 
 log = logging.getLogger("ocimodel.registry")
 
@@ -185,9 +186,6 @@ def _run_credential_helper(helper: str, server_url: str, path: Path) -> Credenti
         raise OcimodelError(f"credential helper {program} did not answer with JSON Username/Secret") from None
 
 
-_ECR_HOST = re.compile(
-    r"^(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$"
-)
 # ECR tokens live 12 hours; renewing well before the end keeps a long push from starting with a dying token.
 _ECR_TOKEN_LIFETIME_SECONDS = 12 * 3600
 _ECR_RENEW_MARGIN_SECONDS = 30 * 60
@@ -206,14 +204,14 @@ class EcrCredentials:
         self._lock = threading.Lock()
 
     def __call__(self, registry: str) -> Credentials | None:
-        match = _ECR_HOST.match(registry)
-        if match is None:
+        ecr = parse_ecr(registry)
+        if ecr is None:
             return None
         with self._lock:
             cached = self._cache.get(registry)
             if cached is not None and self._clock() < cached[1]:
                 return cached[0]
-            creds, expires_at = self._fetch(registry, match["region"])
+            creds, expires_at = self._fetch(registry, ecr.region)
             self._cache[registry] = (creds, expires_at - _ECR_RENEW_MARGIN_SECONDS)
             return creds
 
@@ -268,8 +266,8 @@ TokenFetcher = Callable[[str, list[tuple[str, str]], dict[str, str]], requests.R
 
 @dataclass(frozen=True)
 class _Token:
-    header: str
-    renew_at: float
+    header: str = field(repr=False)
+    renew_at: float = 0.0
 
 
 class Authenticator:
@@ -355,6 +353,13 @@ class Authenticator:
         wanted = dict.fromkeys([*scopes, *challenge.params.get("scope", "").split()])
         params = [("service", challenge.params["service"])] if challenge.params.get("service") else []
         params += [("scope", scope) for scope in wanted]
+        realm_host = urlsplit(realm).hostname or ""
+        plain_ok = is_loopback(realm_host) or realm_host == urlsplit(f"//{self.registry}").hostname
+        if self._credentials and realm.startswith("http://") and not plain_ok:
+            raise OcimodelError(
+                f"registry {self.registry} asks for credentials to be sent to {realm} over plain HTTP; refusing: "
+                "its token service must use https"
+            )
         headers = {"Authorization": self._credentials.basic_header} if self._credentials else {}
         log.debug(
             "registry %s: requesting a token from %s for %s (%s)",

@@ -142,7 +142,7 @@ class RegistryClient:
     ) -> None:
         self.registry = registry
         self.base_url = registry_url(registry, plain_http=plain_http)
-        self._origin = urlsplit(self.base_url).netloc
+        self._origin = _origin(self.base_url)
         self._session = session or _new_session()
         self._retry = retry
         self._timeout = timeout
@@ -173,7 +173,7 @@ class RegistryClient:
             try:
                 data = _read_capped(response, MANIFEST_MAX_BYTES)
             except requests.RequestException as exc:
-                raise self._lost_connection(response, f"manifest {reference} of {repository}", exc) from exc
+                raise self._lost_connection(response, f"manifest {reference} of {repository}", exc) from None
         if data is None:
             raise OcimodelError(
                 f"manifest {reference} of {repository} on registry {self.registry} is larger than "
@@ -214,7 +214,7 @@ class RegistryClient:
                     hasher.update(chunk)
                     yield chunk
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise self._lost_connection(response, f"blob {digest} of {repository}", exc) from exc
+                raise self._lost_connection(response, f"blob {digest} of {repository}", exc) from None
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(
@@ -247,7 +247,7 @@ class RegistryClient:
             response = self._with_retries(
                 lambda: self._send(method, url, scopes, headers, params, body), method, url, repository, retry
             )
-            if response.status_code != 401 or urlsplit(response.url).netloc != self._origin:
+            if response.status_code != 401 or _origin(response.url) != self._origin:
                 break
             challenge = response.headers.get("WWW-Authenticate")
             _discard(response)
@@ -271,7 +271,7 @@ class RegistryClient:
         """One exchange, following redirects of reads by hand so credentials never reach another host."""
         for _ in range(_MAX_REDIRECTS + 1):
             sent = dict(headers or {})
-            if urlsplit(url).netloc == self._origin:
+            if _origin(url) == self._origin:  # same scheme too: never a token over http after https
                 authorization = self._auth.authorization(scopes)
                 if authorization:
                     sent["Authorization"] = authorization
@@ -286,6 +286,7 @@ class RegistryClient:
                     stream=True,
                     allow_redirects=False,
                     timeout=self._timeout,
+                    auth=_no_netrc,
                 )
             log.debug(
                 "%s %s -> %d (%.2fs)", method, _redact(response.url), response.status_code, time.monotonic() - started
@@ -314,9 +315,14 @@ class RegistryClient:
                 response = send()
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= attempts:
-                    raise self._unreachable(exc, url, repository) from exc
+                    # No chained cause: requests' messages carry full URLs, presigned signatures included.
+                    raise self._unreachable(exc, url, repository) from None
                 delay = self._retry.delay(attempt)
                 log.info("%s %s failed (%s); retrying in %.1fs", method, _redact(url), _reason(exc), delay)
+            except requests.RequestException as exc:  # a malformed URL or answer: retrying will not help
+                raise OcimodelError(
+                    f"registry {self.registry}: {method} {_redact(url)} failed ({type(exc).__name__})"
+                ) from None
             else:
                 if response.status_code not in _TRANSIENT_STATUSES or attempt >= attempts:
                     return response
@@ -347,7 +353,7 @@ class RegistryClient:
     def _where(self, url: str) -> str:
         """The registry, or the other host (token service, blob storage) it sent us to."""
         host = urlsplit(url).netloc
-        return f"registry {self.registry}" if host == self._origin else f"{host} (used by registry {self.registry})"
+        return f"registry {self.registry}" if _origin(url) == self._origin else f"{host} (used by registry {self.registry})"
 
     def _lost_connection(self, response: requests.Response, what: str, exc: BaseException) -> RegistryError:
         return RegistryError(
@@ -418,6 +424,16 @@ def _discard(response: requests.Response) -> None:
     with suppress(requests.RequestException):
         _read_capped(response, _ERROR_BODY_MAX_BYTES)
     response.close()
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An ``auth`` that changes nothing: without one, requests would put ~/.netrc credentials over ours."""
+    return request
 
 
 def _redact(url: str) -> str:

@@ -22,25 +22,24 @@ from urllib.parse import urljoin
 import requests
 
 from ocimodel.errors import OcimodelError
-from ocimodel.layout.descriptor import ANNOTATION_REF_NAME, INDEX_TYPES, Descriptor
+from ocimodel.layout.descriptor import INDEX_TYPES, Descriptor
 from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import read_range
-from ocimodel.parallel import Cancelled, run_all
+from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
 from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
 from ocimodel.registry.known import KnownBlobs
-from ocimodel.registry.reference import Reference
+from ocimodel.registry.reference import Reference, parse_ecr
 from ocimodel.units import human_size
 
 log = logging.getLogger("ocimodel.registry")
 
 DEFAULT_CHUNK_SIZE = 128 << 20
-_ECR_HOST = re.compile(r"^\d{12}\.dkr(-fips)?\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?(:\d+)?$")
 _SESSION_LOST = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"})
 
 
 def is_ecr(registry: str) -> bool:
-    return bool(_ECR_HOST.match(registry))
+    return parse_ecr(registry) is not None
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,10 @@ def collect(layout: Layout, top: Descriptor) -> _Image:
                 blobs.setdefault(blob.digest, blob)
         manifests.append((Descriptor(media_type, desc.digest, desc.size, desc.annotations, desc.platform), data))
 
-    visit(top)
+    try:
+        visit(top)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise OcimodelError(f"layout {layout.root} holds a malformed manifest or index ({exc}); nothing was pushed") from None
     for blob in blobs.values():
         path = layout.blob_path(blob.digest)
         if not path.is_file():
@@ -191,7 +193,8 @@ class _StreamHash:
 
     def feed(self, offset: int, data: bytes) -> None:
         if offset > self.position:
-            raise OcimodelError("internal error: an upload skipped bytes it never sent")
+            # The registry claimed to hold bytes this upload never sent: its Range cannot be trusted.
+            raise _ChunkingBroken(f"registry resumed at byte {offset}, but only {self.position} were sent")
         if offset + len(data) > self.position:
             self._hash.update(data[self.position - offset :])
             self.position = offset + len(data)
@@ -210,6 +213,8 @@ class _Window:
         self._chunks = iter(upload.read(start, length))
         self._pending = b""
         self._position = start
+        self._end = start + length
+        self._label = upload.label
         self._length = length
         self._progress = progress
         self._hasher = hasher
@@ -220,6 +225,12 @@ class _Window:
     def read(self, n: int = -1) -> bytes:
         if not self._pending:
             self._pending = next(self._chunks, b"")
+            if not self._pending and self._position < self._end:
+                # The registry was promised Content-Length bytes; sending fewer would leave it waiting forever.
+                raise OcimodelError(
+                    f"{self._label}: its bytes ended {self._end - self._position} short of its size; if its files "
+                    "changed, run again with --no-cache"
+                )
         data = self._pending if n is None or n < 0 else self._pending[:n]
         self._pending = self._pending[len(data) :]
         if self._hasher is not None:
@@ -317,12 +328,12 @@ class Pusher:
         candidates = self._mount_candidates(upload.digest) if upload.digest else []
         failures = 0
         while True:
-            _check(stop)
+            check(stop)
             sent = 0
 
             def progress(n: int) -> None:
                 nonlocal sent
-                _check(stop)
+                check(stop)
                 sent += n
                 task.advance(n)
 
@@ -379,7 +390,8 @@ class Pusher:
             location = urljoin(response.url, response.headers.get("Location", ""))
             if not response.headers.get("Location"):
                 raise OcimodelError(f"registry {self.client.registry} opened an upload without a Location")
-            min_chunk = int(response.headers.get("OCI-Chunk-Min-Length", "0") or 0)
+            announced = response.headers.get("OCI-Chunk-Min-Length", "")
+            min_chunk = int(announced) if announced.isdigit() else 0
         if mount:
             log.info("blob %s: mount from %s refused; uploading", upload.label, mount)
         return _Session(location, min_chunk)
@@ -493,11 +505,6 @@ class Pusher:
             raise OcimodelError(
                 f"registry {self.client.registry} stored manifest {desc.digest} as {answered}; it rewrote the bytes"
             )
-
-
-def _check(stop: threading.Event | None) -> None:
-    if stop is not None and stop.is_set():
-        raise Cancelled
 
 
 def _range_end(value: str | None) -> int | None:

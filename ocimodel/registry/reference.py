@@ -23,7 +23,7 @@ _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _REPOSITORY = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
 _DOMAIN = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG = re.compile(r"^\w[\w.-]{0,127}$", re.ASCII)
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
 
 
@@ -143,3 +143,27 @@ def _hostname(host: str) -> str:
     if host.count(":") == 1:
         return host.partition(":")[0]
     return host
+
+
+@dataclass(frozen=True)
+class EcrHost:
+    account: str
+    region: str
+
+
+#: Private ECR: ``<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]``, optionally with a port.
+_ECR = re.compile(
+    r"^(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?(?::[0-9]+)?$"
+)
+
+
+def is_tag(text: str) -> bool:
+    """Docker's tag grammar: ASCII letters, digits, ``_``, ``.`` and ``-``, no leading ``.`` or ``-``, 128 at most."""
+    return bool(_TAG.match(text))
+
+
+def parse_ecr(registry: str) -> EcrHost | None:
+    """Account and region of a private ECR registry host; None for any other registry."""
+    match = _ECR.match(registry)
+    return EcrHost(match["account"], match["region"]) if match else None
+

@@ -16,7 +16,7 @@ import os
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -70,6 +70,8 @@ class HubSource:
     reporter: Reporter
     #: The repo's files at ``commit``; None offline, where only the cache can say what there is.
     listing: tuple[HubFile, ...] | None
+    #: Paths this run downloaded (not found in the cache): the only ones ``release`` may delete.
+    downloaded: set[str] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def open(
@@ -170,8 +172,14 @@ class HubSource:
             self._download([HubFile(f.path, f.size, f.lfs_sha256) for f in files])
 
     def release(self, files: Sequence[SourceFile]) -> None:
-        """Delete ``files`` from the HF cache (link and blob), for builds that must stay under a disk budget."""
+        """Delete ``files`` from the HF cache (link and blob), for builds that must stay under a disk budget.
+
+        Only files this run downloaded: what was in the cache before may be shared with other snapshots (the cache
+        stores identical content once) and belongs to the user.
+        """
         for f in files:
+            if f.path not in self.downloaded:
+                continue
             link = self.snapshot / f.path
             try:
                 blob = link.resolve()
@@ -236,6 +244,7 @@ class HubSource:
         if bar.received == 0 and file.size:
             task.finish("cached")
         else:
+            self.downloaded.add(file.path)
             task.finish()
 
 
@@ -358,4 +367,9 @@ def _explained(repo_id: str, revision: str) -> Iterator[None]:
         raise OcimodelError(
             f"cannot reach {endpoint} to fetch {repo_id} ({' '.join(str(cause).split()) or type(cause).__name__}); "
             "check the network, proxy and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to pack from the HF cache"
+        ) from exc
+    except OSError as exc:  # after the network ones: a full or read-only HF cache
+        raise OcimodelError(
+            f"cannot write {repo_id} into the HF cache: {exc.strerror or exc}; free space, or point --cache-dir or "
+            "HF_HUB_CACHE elsewhere"
         ) from exc

@@ -17,16 +17,24 @@ def _weights_in_cache(env: dict[str, str]) -> list[Path]:
 
 
 def test_build_from_the_hub_under_a_disk_budget(env: dict[str, str], registry: Registry, tmp_path: Path) -> None:
-    packed = pack(env, "acme/tiny", tmp_path / "layout")
+    packed = pack(env | {"HF_HOME": str(tmp_path / "hf-pack")}, "acme/tiny", tmp_path / "layout")
     largest = max(len(data) for data in TINY_MAIN.files.values())
-    result = ocimodel(env, "build", "acme/tiny", f"{registry.host}/hub/tiny:v1", "--base", "scratch", "--json",
-                      "--disk-budget", str(largest + 1024))
+    budget = ("--disk-budget", str(largest + 1024))
+    result = ocimodel(env, "build", "acme/tiny", f"{registry.host}/hub/tiny:v1", "--base", "scratch", "--json", *budget)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["digest"] == packed
     assert registry.fetch_manifest("hub/tiny", "v1").digest == packed
-    # pack filled the cache; the budgeted build fetched what it needed and deleted every file once sent.
+    # The build downloaded each file, sent it, and deleted it: nothing of the model is left in its cache.
     assert _weights_in_cache(env) == []
+
+    # Files that were in the cache before belong to the user (and maybe to other snapshots): they stay.
+    cached_env = env | {"HF_HOME": str(tmp_path / "hf-pack"), "XDG_CACHE_HOME": str(tmp_path / "fresh-cache")}
+    before = _weights_in_cache(cached_env)
+    assert before
+    again = ocimodel(cached_env, "build", "acme/tiny", f"{registry.host}/hub/tiny2:v1", "--base", "scratch", *budget)
+    assert again.returncode == 0, again.stderr
+    assert _weights_in_cache(cached_env) == before
 
 
 def test_budget_too_small_for_a_layer(env: dict[str, str], registry: Registry) -> None:

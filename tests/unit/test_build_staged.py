@@ -132,3 +132,26 @@ def test_budget_needs_a_staged_source(stub: RegistryStub, tmp_path: Path) -> Non
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(OcimodelError, match="--disk-budget is for Hub sources"):
         run(stub, LocalSource.from_path(tmp_path / "m"), "models/local", 10**9)  # type: ignore[arg-type]
+
+
+def test_a_stale_cached_digest_is_forgotten_and_the_layer_sent_again(stub: RegistryStub, tmp_path: Path) -> None:
+    """A file rewritten in place with its size and times kept would leave the cache wrong: the registry refuses the
+    digest, and the build recovers instead of failing on every run after."""
+    import sqlite3
+
+    from ocimodel import localdb
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(os.urandom(SHARD))
+    (model / "config.json").write_text("{}")
+    first = run(stub, LocalSource.from_path(model), "models/a", None)  # type: ignore[arg-type]
+    with sqlite3.connect(localdb.default_path()) as db:
+        db.execute("UPDATE layer_digests SET digest = ?, diff_id = ?", ("sha256:" + "0" * 64, "sha256:" + "0" * 64))
+    db.close()
+    again = run(stub, LocalSource.from_path(model), "models/b", None)  # type: ignore[arg-type]
+    assert again == first
+    with sqlite3.connect(localdb.default_path()) as db:
+        digests = {row[0] for row in db.execute("SELECT digest FROM layer_digests")}
+    db.close()
+    assert "sha256:" + "0" * 64 not in digests, "the wrong digests were replaced by the right ones"

@@ -137,8 +137,8 @@ def rebase(
     the config's ``config`` section replaced by ``runtime`` (a busybox-like one by default)."""
     layout = Layout.open(layout_dir)
     top = layout.tags()[PACKED]
-    manifest = layout.read_json(top.digest)
-    config = layout.read_json(manifest["config"]["digest"])
+    manifest = json.loads(layout.read_blob(top.digest))
+    config = json.loads(layout.read_blob(manifest["config"]["digest"]))
     below = [layout.put_bytes(t, data) for t, data in base]
     above = [layout.put_bytes(t, data) for t, data in extra]
     config["config"] = dict(BUSYBOX_ENV if runtime is None else runtime)
@@ -470,7 +470,7 @@ class Streamed:
 
 def _model_layer_digests(layout: Path) -> list[str]:
     layout_ = Layout.open(layout)
-    manifest = layout_.read_json(layout_.tags()["latest"].digest)
+    manifest = json.loads(layout_.read_blob(layout_.tags()["latest"].digest))
     return [layer["digest"] for layer in manifest["layers"] if ANNOTATION_FILEPATH in layer.get("annotations", {})]
 
 
@@ -507,8 +507,8 @@ def test_annotations_of_another_tool_are_not_trusted(tmp_path: Path) -> None:
     layout = packed(tmp_path)
     rebase(layout)
     lay = Layout.open(layout)
-    manifest = lay.read_json(lay.tags()["latest"].digest)
-    config = lay.read_json(manifest["config"]["digest"])
+    manifest = json.loads(lay.read_blob(lay.tags()["latest"].digest))
+    config = json.loads(lay.read_blob(manifest["config"]["digest"]))
     config["history"] = [{"created_by": "someone else"} for _ in config["history"]]
     manifest["config"] = lay.put_json(OCI_CONFIG, config).to_json()
     lay.set_tag("latest", lay.put_json(OCI_MANIFEST, manifest))
