@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.harness.busybox import (
     read_blob,
 )
 from tests.harness.registry import Registry, RegistryError, run_registry
+from tests.harness.oci import rootfs_command
 
 
 def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -172,20 +172,12 @@ def test_umoci_unpacks_busybox_layout(tmp_path: Path, busybox_layout: Path) -> N
     assert (bundle / "rootfs" / "bin" / "busybox").read_bytes() == BUSYBOX_BINARY.read_bytes()
 
 
-def _rootfs_command(rootfs: Path, script: str) -> list[str]:
-    """Run ``script`` with ``rootfs`` as ``/``; an unprivileged user maps itself to root first."""
-    chroot = ["chroot", str(rootfs), "/bin/sh", "-c", script]
-    if os.geteuid() == 0:
-        return chroot
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "non-root runs need util-linux's unshare for a user namespace"
-    return [unshare, "-r", *chroot]
 
 
 def test_busybox_rootfs_runs_in_chroot(tmp_path: Path, busybox_layout: Path) -> None:
     bundle = tmp_path / "bundle"
     _run(["umoci", "unpack", "--rootless", "--image", f"{busybox_layout}:latest", str(bundle)])
-    result = _run(_rootfs_command(bundle / "rootfs", "echo ok; ls /bin"))
+    result = _run(rootfs_command(bundle / "rootfs", "echo ok; ls /bin"))
     lines = result.stdout.split()
     assert lines[0] == "ok"
     assert set(lines[1:]) == {"busybox", *APPLETS}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gzip
 import hashlib
 import io
 import json
@@ -31,7 +30,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import pytest
-import zstandard
 
 from tests.harness.busybox import (
     MEDIA_TYPE_MANIFEST,
@@ -43,6 +41,7 @@ from tests.harness.busybox import (
     read_blob,
 )
 from tests.harness.registry import Registry
+from tests.harness.oci import decompress, rootfs_command
 
 # Spelled out here rather than imported from ocimodel: the tests pin the wire format, not the code's names.
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -135,14 +134,6 @@ def umoci_unpack(layout: Path, tag: str, bundle: Path) -> Path:
     return bundle / "rootfs"
 
 
-def rootfs_command(rootfs: Path, script: str) -> list[str]:
-    """Run ``script`` with ``rootfs`` as ``/``; an unprivileged user maps itself to root first."""
-    chroot = ["chroot", str(rootfs), "/bin/sh", "-c", script]
-    if os.geteuid() == 0:
-        return chroot
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "non-root runs need util-linux's unshare for a user namespace"
-    return [unshare, "-r", *chroot]
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -229,13 +220,6 @@ class Snapshot:
         assert OciLayout(self.layout).blob_names() == self.blobs
 
 
-def decompress(data: bytes, compression: str) -> bytes:
-    if compression == "none":
-        return data
-    if compression == "gzip":
-        return gzip.decompress(data)
-    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-        return reader.read()
 
 
 def read_model_layer(tar_bytes: bytes) -> dict[str, bytes]:

@@ -20,7 +20,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.tarlayer import (
@@ -32,6 +31,7 @@ from ocimodel.layout.tarlayer import (
     tar_chunks,
     tar_size,
 )
+from tests.harness.oci import decompress
 
 GiB = 1 << 30
 LAYER_TYPES = {
@@ -63,13 +63,6 @@ def files_to_members(root: Path, files: dict[str, bytes]) -> list[Member]:
     return [members[key] for key in sorted(members)]
 
 
-def decompress(data: bytes, compression: str) -> bytes:
-    if compression == "none":
-        return data
-    if compression == "gzip":
-        return gzip.decompress(data)
-    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-        return reader.read()
 
 
 # --- huge members ------------------------------------------------------------------------------------------------
