@@ -54,11 +54,13 @@ def _log_group_step(logs: Any, name: str) -> Step:
 def _role_step(iam: Any, names: Names) -> Step:
     with aws_call(f"read IAM role {names.role}"):
         try:
-            iam.get_role(RoleName=names.role)
+            role = iam.get_role(RoleName=names.role)["Role"]
         except ClientError as exc:
             if error_code(exc) != "NoSuchEntity":
                 raise
             return Step("iam role", names.role, "absent")
+        if not _managed(role.get("Tags")):
+            return Step("iam role", names.role, "keep", "not created by ocimodel")
         policies = iam.list_role_policies(RoleName=names.role)["PolicyNames"]
 
     def delete() -> None:
@@ -78,6 +80,14 @@ def _bucket_step(s3: Any, names: Names) -> Step:
             if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
             return Step("s3 bucket", bucket, "absent")
+        try:
+            tags = s3.get_bucket_tagging(Bucket=bucket).get("TagSet")
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchTagSet":
+                raise
+            tags = None
+    if not _managed(tags):
+        return Step("s3 bucket", bucket, "keep", "not created by ocimodel")
 
     def delete() -> None:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -100,8 +110,7 @@ def _secret_step(secrets: Any, names: Names) -> Step:
             return Step("secret", name, "absent")
     if "DeletedDate" in described:
         return Step("secret", name, "absent", "already scheduled for deletion")
-    tags = {t.get("Key"): t.get("Value") for t in described.get("Tags") or []}
-    if tags.get(p.MANAGED_TAG[0]) != p.MANAGED_TAG[1]:
+    if not _managed(described.get("Tags")):
         return Step("secret", name, "keep", "not created by ocimodel")
     return Step(
         "secret",
@@ -130,3 +139,9 @@ def _repository_step(ecr: Any, name: str, delete_images: bool) -> Step:
         f"with its {images} image(s)",
         lambda: ecr.delete_repository(repositoryName=name, force=True),
     )
+
+
+def _managed(tags: list[dict[str, str]] | None) -> bool:
+    """Whether AWS tags (``Key``/``Value`` pairs) mark a resource as made by bootstrap: only those are deleted."""
+    found = {t.get("Key"): t.get("Value") for t in tags or []}
+    return found.get(p.MANAGED_TAG[0]) == p.MANAGED_TAG[1]

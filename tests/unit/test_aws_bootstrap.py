@@ -719,6 +719,19 @@ def test_teardown_keeps_a_secret_ocimodel_did_not_create(aws: Clients, wheel: Pa
     assert summary(todo, True, "teardown") == "teardown: nothing to change, everything is as the config says"
 
 
+def test_teardown_keeps_a_role_and_bucket_ocimodel_did_not_create(aws: Clients) -> None:
+    config = parse_config(CONFIG, "models.toml")
+    names = Names(config.aws, whoami(aws))
+    aws.iam.create_role(RoleName=names.role, AssumeRolePolicyDocument="{}")
+    aws.s3.create_bucket(Bucket=names.bucket)
+    todo = teardown.steps(aws, config, names, delete_images=False)
+    kept = {s.kind: (s.action, s.detail) for s in todo if s.kind in ("iam role", "s3 bucket")}
+    assert kept == {"iam role": ("keep", "not created by ocimodel"), "s3 bucket": ("keep", "not created by ocimodel")}
+    apply(todo)
+    assert [r["RoleName"] for r in aws.iam.list_roles()["Roles"]] == [names.role]
+    assert [b["Name"] for b in aws.s3.list_buckets()["Buckets"]] == [names.bucket]
+
+
 def test_the_account_comes_from_sts(aws: Clients) -> None:
     account = whoami(aws)
     assert (account.id, account.region, account.partition, account.registry) == (ACCOUNT, REGION, "aws", REGISTRY)
