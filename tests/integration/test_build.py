@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 
 from tests.harness.registry import Registry
+from tests.harness.cli import assert_clean_error, explain
 from tests.integration.test_push import (
     Env,
     access_log,
-    assert_clean_error,
     assert_registry_holds,
     blob,
-    explain,
     reachable,
     registry_has_nothing,
     run_cli,

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.hub_server import GRANTED_TOKEN, UNGRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
+from tests.harness.cli import assert_clean_error
 
 TINY = tiny_repo()
 GATED = gated_repo()
@@ -66,16 +67,6 @@ def pack(env: dict[str, str], source: str, layout: Path, *extra: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit 1, nothing on stdout, exactly one ``ocimodel: error:`` line on stderr that contains every needle."""
-    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("ocimodel: error: ")
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @dataclass(frozen=True)
@@ -205,7 +196,7 @@ def test_filters_that_match_nothing_fail_before_downloading(
     mark = hub.mark()
     result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--include", "*.gguf")
 
-    assert_clean_failure(result, "acme/tiny", "--include")
+    assert_clean_error(result, "acme/tiny", "--include")
     assert hub.file_requests_since(mark) == []
     assert not (tmp_path / "layout").exists()
 
@@ -252,7 +243,7 @@ def test_gated_repo_without_token_fails_cleanly_and_leaves_the_layout_alone(
 ) -> None:
     fresh = tmp_path / "fresh"
     result = ocimodel(env, "pack", "acme/gated", str(fresh), "--base", "scratch")
-    assert_clean_failure(result, "acme/gated", "HF_TOKEN", "accept its license")
+    assert_clean_error(result, "acme/gated", "HF_TOKEN", "accept its license")
     assert not fresh.exists()
 
     existing = tmp_path / "existing"
@@ -260,7 +251,7 @@ def test_gated_repo_without_token_fails_cleanly_and_leaves_the_layout_alone(
     before = layout_state(existing)
     for token_env in ({}, {"HF_TOKEN": UNGRANTED_TOKEN}):
         result = ocimodel(env | token_env, "pack", "acme/gated", str(existing), "--base", "scratch")
-        assert_clean_failure(result, "acme/gated", "HF_TOKEN", "accept its license")
+        assert_clean_error(result, "acme/gated", "HF_TOKEN", "accept its license")
         assert UNGRANTED_TOKEN not in result.stderr
         assert layout_state(existing) == before
 
@@ -288,7 +279,7 @@ def test_invalid_token_is_named_as_the_problem(env: dict[str, str], tmp_path: Pa
     bad_token = env | {"HF_TOKEN": "hf_notAValidToken"}
     result = ocimodel(bad_token, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
 
-    line = assert_clean_failure(result, "acme/tiny", "rejected the token", "HF_TOKEN")
+    line = assert_clean_error(result, "acme/tiny", "rejected the token", "HF_TOKEN")
     assert "hf_notAValidToken" not in line
 
 
@@ -298,14 +289,14 @@ def test_invalid_token_is_named_as_the_problem(env: dict[str, str], tmp_path: Pa
 def test_unknown_repo(env: dict[str, str], tmp_path: Path) -> None:
     result = ocimodel(env, "pack", "acme/nope", str(tmp_path / "layout"), "--base", "scratch")
 
-    assert_clean_failure(result, "acme/nope", "not found", "HF_TOKEN")
+    assert_clean_error(result, "acme/nope", "not found", "HF_TOKEN")
     assert not (tmp_path / "layout").exists()
 
 
 def test_unknown_revision(env: dict[str, str], tmp_path: Path) -> None:
     result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--revision", "v9")
 
-    assert_clean_failure(result, "acme/tiny", "'v9'", "--revision")
+    assert_clean_error(result, "acme/tiny", "'v9'", "--revision")
     assert not (tmp_path / "layout").exists()
 
 
@@ -315,7 +306,7 @@ def test_unreachable_hub(env: dict[str, str], tmp_path: Path) -> None:
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     result = ocimodel(env | {"HF_ENDPOINT": closed}, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
 
-    assert_clean_failure(result, "acme/tiny", "cannot reach", closed, "HF_HUB_OFFLINE=1")
+    assert_clean_error(result, "acme/tiny", "cannot reach", closed, "HF_HUB_OFFLINE=1")
     assert not (tmp_path / "layout").exists()
 
 
@@ -323,7 +314,7 @@ def test_offline_with_empty_cache(env: dict[str, str], hub: HubServer, tmp_path:
     mark = hub.mark()
     result = ocimodel(env | {"HF_HUB_OFFLINE": "1"}, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
 
-    assert_clean_failure(result, "HF_HUB_OFFLINE", "acme/tiny@main", "not in the HF cache")
+    assert_clean_error(result, "HF_HUB_OFFLINE", "acme/tiny@main", "not in the HF cache")
     assert hub.requests_since(mark) == []
     assert not (tmp_path / "layout").exists()
 
@@ -337,7 +328,7 @@ def test_offline_packs_the_cached_snapshot_identically(env: dict[str, str], hub:
     assert pack(offline_env, "acme/tiny", tmp_path / "by-commit", "--revision", TINY_MAIN.sha) == online
     assert hub.requests_since(mark) == []
     result = ocimodel(offline_env, "pack", "acme/tiny", str(tmp_path / "v1"), "--base", "scratch", "--revision", "v1")
-    assert_clean_failure(result, "HF_HUB_OFFLINE", "acme/tiny@v1")
+    assert_clean_error(result, "HF_HUB_OFFLINE", "acme/tiny@v1")
 
 
 def test_offline_refuses_a_snapshot_the_hf_cache_knows_is_incomplete(env: dict[str, str], tmp_path: Path) -> None:
@@ -347,7 +338,7 @@ def test_offline_refuses_a_snapshot_the_hf_cache_knows_is_incomplete(env: dict[s
     offline_env = env | {"HF_HUB_OFFLINE": "1"}
 
     result = ocimodel(offline_env, "pack", "acme/tiny", str(tmp_path / "all"), "--base", "scratch")
-    assert_clean_failure(result, "HF_HUB_OFFLINE", "acme/tiny", "lacks files")
+    assert_clean_error(result, "HF_HUB_OFFLINE", "acme/tiny", "lacks files")
     digest = pack(offline_env, "acme/tiny", tmp_path / "json", "--include", "*.json")
     assert set(read_image(tmp_path / "json", digest).files) == {p for p in TINY_MAIN.files if p.endswith(".json")}
 
@@ -358,10 +349,10 @@ def test_revision_does_not_apply_to_a_directory(env: dict[str, str], tmp_path: P
     (model / "config.json").write_text("{}")
 
     result = ocimodel(env, "pack", str(model), str(tmp_path / "layout"), "--base", "scratch", "--revision", "main")
-    assert_clean_failure(result, str(model), "--revision")
+    assert_clean_error(result, str(model), "--revision")
 
 
 def test_source_that_is_neither_directory_nor_repo_id(env: dict[str, str], tmp_path: Path) -> None:
     result = ocimodel(env, "pack", str(tmp_path / "missing"), str(tmp_path / "layout"), "--base", "scratch")
 
-    assert_clean_failure(result, str(tmp_path / "missing"), "neither an existing directory nor a HuggingFace repo id")
+    assert_clean_error(result, str(tmp_path / "missing"), "neither an existing directory nor a HuggingFace repo id")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ocimodel.layout.descriptor import OCI_INDEX
 from tests.harness.registry import Registry
-from tests.integration.test_pack import _explain, model, pack, run_cli
+from tests.harness.cli import explain
+from tests.integration.test_pack import model, pack, run_cli
 
 PLATFORMS = "linux/amd64,linux/arm64"
 
@@ -48,13 +49,13 @@ def test_one_index_with_a_manifest_per_platform_sharing_the_model_layers(
         assert json.loads(inspected.stdout)["Architecture"] == arch
 
     pushed = run_cli("push", layout, f"{registry.host}/multi/model:v1", "--json")
-    assert pushed.returncode == 0, _explain(pushed)
+    assert pushed.returncode == 0, explain(pushed)
     assert json.loads(pushed.stdout.splitlines()[-1])["digest"] == digest
     assert registry.fetch_manifest("multi/model", "v1").digest == digest
 
     built = run_cli("build", source, f"{registry.host}/multi/built:v1", "--platform", PLATFORMS,
                     "--base", busybox_multi_ref, "--json")
-    assert built.returncode == 0, _explain(built)
+    assert built.returncode == 0, explain(built)
     assert json.loads(built.stdout.splitlines()[-1])["digest"] == digest
     assert registry.fetch_manifest("multi/built", "v1").digest == digest
 

@@ -42,6 +42,7 @@ from tests.harness.busybox import (
 )
 from tests.harness.registry import Registry
 from tests.harness.oci import decompress, rootfs_command
+from tests.harness.cli import assert_clean_error, explain
 
 # Spelled out here rather than imported from ocimodel: the tests pin the wire format, not the code's names.
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -59,7 +60,6 @@ BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 
 DIGEST_LINE = re.compile(r"^sha256:[0-9a-f]{64}$")
-ERROR_PREFIX = "ocimodel: error: "
 #: A digest no registry holds: syntactically valid, so only the registry can refuse it.
 UNKNOWN_DIGEST = "sha256:" + "0" * 64
 #: The harness's busybox image has exactly one layer.
@@ -107,17 +107,15 @@ def run_cli(
     )
 
 
-def _explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"{' '.join(map(str, result.args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def pack(source: Path, layout: Path, *options: str, base: str = "scratch") -> str:
     """Run ``ocimodel pack`` and return the digest it printed as its last stdout line."""
     result = run_cli("pack", source, layout, "--base", base, *options)
-    assert result.returncode == 0, _explain(result)
-    assert "Traceback" not in result.stderr, _explain(result)
+    assert result.returncode == 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
     lines = result.stdout.splitlines()
-    assert lines and DIGEST_LINE.match(lines[-1]), _explain(result)
+    assert lines and DIGEST_LINE.match(lines[-1]), explain(result)
     return lines[-1]
 
 
@@ -125,7 +123,7 @@ def run_tool(command: list[str], timeout: float = 120) -> subprocess.CompletedPr
     result = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert result.returncode == 0, _explain(result)
+    assert result.returncode == 0, explain(result)
     return result
 
 
@@ -136,16 +134,6 @@ def umoci_unpack(layout: Path, tag: str, bundle: Path) -> Path:
 
 
 
-def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Exit 1, no result on stdout, and exactly one ``ocimodel: error:`` line on stderr mentioning ``fragments``."""
-    assert result.returncode == 1, _explain(result)
-    assert "Traceback" not in result.stderr + result.stdout, _explain(result)
-    assert result.stdout == "", _explain(result)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), _explain(result)
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), _explain(result)
-    return lines[0]
 
 
 # --- reading a layout without ocimodel ---------------------------------------------------------------------------

@@ -28,10 +28,10 @@ import pytest
 
 from tests.harness.busybox import layout_top_digest
 from tests.harness.registry import Registry, free_port
+from tests.harness.cli import ERROR_PREFIX, assert_clean_error, explain
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-ERROR_PREFIX = "ocimodel: error: "
 SHARD_BYTES = 3 * 1024 * 1024 + 12_345  # a few MiB: chunked at 1 MiB, whole by default
 
 
@@ -74,8 +74,6 @@ def run_cli(env: Env, *args: str | Path, stdin: str | None = None) -> subprocess
     )
 
 
-def explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"{' '.join(map(str, result.args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def push(env: Env, layout: Path, target: str, *options: str, stdin: str | None = None) -> str:
@@ -91,16 +89,6 @@ def push_json(env: Env, layout: Path, target: str, *options: str) -> dict[str, A
     return result
 
 
-def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Exit 1, nothing on stdout, one ``ocimodel: error:`` line on stderr mentioning every fragment."""
-    assert result.returncode == 1, explain(result)
-    assert "Traceback" not in result.stdout + result.stderr, explain(result)
-    assert result.stdout == "", explain(result)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), explain(result)
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), explain(result)
-    return lines[0]
 
 
 def skopeo(*args: str) -> None:

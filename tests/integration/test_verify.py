@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.harness.registry import Registry
+from tests.harness.cli import explain
 
 EXIT_CHECK_FAILED = 3
 WARNING = "ocimodel: warning: "
@@ -49,8 +50,6 @@ def run(env: Env, *args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"{' '.join(map(str, result.args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
