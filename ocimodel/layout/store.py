@@ -27,6 +27,8 @@ from ocimodel.layout.descriptor import (
 )
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+#: Manifests are capped at 4 MiB by registries; configs with long histories stay well under this.
+MAX_DOCUMENT_BYTES = 16 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -198,9 +200,15 @@ class Layout:
         return self.put_bytes(media_type, canonical_json(obj))
 
     def read_blob(self, digest: str) -> bytes:
-        """Read a small blob (manifest, config, index) whole and check it against its name."""
+        """Read a small blob (manifest, config, index) whole and check it against its name.
+
+        A damaged index can name a multi-GB layer where a manifest belongs: that is refused, not read into memory.
+        """
+        path = self.blob_path(digest)
         try:
-            data = self.blob_path(digest).read_bytes()
+            if path.stat().st_size > MAX_DOCUMENT_BYTES:
+                raise OcimodelError(f"blob {digest} in {self.root} is too large for a manifest, index or config")
+            data = path.read_bytes()
         except FileNotFoundError:
             raise OcimodelError(f"layout {self.root} lacks blob {digest}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:

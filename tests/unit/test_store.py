@@ -1,0 +1,27 @@
+"""The layout store's guards: what a damaged layout must not make it do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ocimodel.errors import OcimodelError
+from ocimodel.layout.store import MAX_DOCUMENT_BYTES, Layout
+
+
+def test_a_huge_blob_is_not_read_as_a_document(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path / "layout")
+    digest = "sha256:" + "ab" * 32
+    with open(layout.blob_path(digest), "wb") as f:
+        f.truncate(MAX_DOCUMENT_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(OcimodelError, match="too large for a manifest"):
+        layout.read_blob(digest)
+
+
+def test_blobs_and_index_are_readable_by_others(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path / "layout")
+    desc = layout.put_bytes("application/vnd.oci.image.config.v1+json", b"{}")
+    layout.set_tag("latest", desc)
+    assert layout.blob_path(desc.digest).stat().st_mode & 0o044 == 0o044
+    assert layout.index_path.stat().st_mode & 0o044 == 0o044
