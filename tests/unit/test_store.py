@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ocimodel.errors import OcimodelError
-from ocimodel.layout.store import MAX_DOCUMENT_BYTES, Layout
+from ocimodel.layout.store import FILE_MODE, MAX_DOCUMENT_BYTES, Layout
 
 
 def test_a_huge_blob_is_not_read_as_a_document(tmp_path: Path) -> None:
@@ -19,9 +19,10 @@ def test_a_huge_blob_is_not_read_as_a_document(tmp_path: Path) -> None:
         layout.read_blob(digest)
 
 
-def test_blobs_and_index_are_readable_by_others(tmp_path: Path) -> None:
+def test_blobs_and_index_get_the_mode_open_would_give_not_0600(tmp_path: Path) -> None:
     layout = Layout.create(tmp_path / "layout")
     desc = layout.put_bytes("application/vnd.oci.image.config.v1+json", b"{}")
     layout.set_tag("latest", desc)
-    assert layout.blob_path(desc.digest).stat().st_mode & 0o044 == 0o044
-    assert layout.index_path.stat().st_mode & 0o044 == 0o044
+    assert FILE_MODE != 0o600  # under any usual umask (022, 002) others may read
+    assert layout.blob_path(desc.digest).stat().st_mode & 0o777 == FILE_MODE
+    assert layout.index_path.stat().st_mode & 0o777 == FILE_MODE
