@@ -178,7 +178,7 @@ def _model_layer(plan: LayerPlan, ctx: _Context, stop: threading.Event) -> tuple
         return layer_of(plan, digests), BlobOutcome(digests.digest, digests.size, "skipped")
     with ctx.budget.hold(plan.size, stop) if ctx.budget else nullcontext():
         if ctx.staged is not None:
-            ctx.staged.fetch(plan.files)
+            ctx.staged.fetch(plan.files, stop)
         try:
             # A cached digest was just looked up and found missing; one looked up after the fetch was not.
             layer = _send_layer(plan, ctx, digests or _cached(plan, ctx), stop, absent=digests is not None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
@@ -90,7 +91,7 @@ class StagedSource(Source, Protocol):
     """
 
     def planned(self, filters: Filters) -> list[SourceFile]: ...
-    def fetch(self, files: Sequence[SourceFile]) -> None: ...
+    def fetch(self, files: Sequence[SourceFile], stop: threading.Event | None = None) -> None: ...
     def release(self, files: Sequence[SourceFile]) -> None: ...
 
 

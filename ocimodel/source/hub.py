@@ -166,10 +166,14 @@ class HubSource:
             (SourceFile(f.path, self.snapshot / f.path, f.size, f.lfs_sha256) for f in wanted), key=lambda f: f.sort_key
         )
 
-    def fetch(self, files: Sequence[SourceFile]) -> None:
-        """Download ``files`` (from ``planned``) into the snapshot; those already cached cost nothing."""
+    def fetch(self, files: Sequence[SourceFile], stop: threading.Event | None = None) -> None:
+        """Download ``files`` (from ``planned``) into the snapshot; those already cached cost nothing.
+
+        ``stop`` is the caller's: when its other work fails or the user interrupts, downloads end within a chunk
+        instead of running to the end of multi-GB files.
+        """
         if self.listing is not None:
-            self._download([HubFile(f.path, f.size, f.lfs_sha256) for f in files])
+            self._download([HubFile(f.path, f.size, f.lfs_sha256) for f in files], stop)
 
     def release(self, files: Sequence[SourceFile]) -> None:
         """Delete ``files`` from the HF cache (link and blob), for builds that must stay under a disk budget.
@@ -223,14 +227,14 @@ class HubSource:
         except OSError:
             pass
 
-    def _download(self, wanted: Sequence[HubFile]) -> None:
-        """Fetch files concurrently; the first failure (or Ctrl-C) stops the others between two chunks."""
+    def _download(self, wanted: Sequence[HubFile], outer: threading.Event | None = None) -> None:
+        """Fetch files concurrently; the first failure (or Ctrl-C, or ``outer``) stops the others between chunks."""
         with _explained(self.repo_id, self.commit):
-            run_all(self._fetch, wanted, DOWNLOAD_WORKERS, "hub")
+            run_all(lambda file, stop: self._fetch(file, (stop, outer)), wanted, DOWNLOAD_WORKERS, "hub")
 
-    def _fetch(self, file: HubFile, stop: threading.Event) -> None:
+    def _fetch(self, file: HubFile, stops: tuple[threading.Event | None, ...]) -> None:
         task = self.reporter.task(f"download {file.path}", file.size)
-        bar = _progress_bar(task, stop)
+        bar = _progress_bar(task, stops)
         # At a commit, a file already in the cache costs no request at all; it is reported as such, not as 0 bytes.
         hf_hub_download(
             self.repo_id,
@@ -294,7 +298,7 @@ class _ProgressBar:
     """
 
     task: ClassVar[Task]
-    stop: ClassVar[threading.Event]
+    stops: ClassVar[tuple[threading.Event | None, ...]]
     #: Bytes written; still 0 after the download means huggingface_hub found the file in the cache.
     received: ClassVar[int] = 0
 
@@ -308,7 +312,8 @@ class _ProgressBar:
         pass
 
     def update(self, n: float | None = 1) -> None:
-        check(self.stop)
+        for stop in self.stops:
+            check(stop)
         type(self).received += int(n or 0)
         self.task.advance(int(n or 0))
 
@@ -325,9 +330,9 @@ class _ProgressBar:
         pass
 
 
-def _progress_bar(task: Task, stop: threading.Event) -> type[_ProgressBar]:
+def _progress_bar(task: Task, stops: tuple[threading.Event | None, ...]) -> type[_ProgressBar]:
     """A bar class bound to one file's task: huggingface_hub instantiates the class itself."""
-    return type("_FileProgressBar", (_ProgressBar,), {"task": task, "stop": stop})
+    return type("_FileProgressBar", (_ProgressBar,), {"task": task, "stops": stops})
 
 
 @contextmanager

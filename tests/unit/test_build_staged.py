@@ -57,7 +57,7 @@ class FakeHub:
             for i, f in enumerate(remote)
         ]
 
-    def fetch(self, files: Sequence[SourceFile]) -> None:
+    def fetch(self, files: Sequence[SourceFile], stop: threading.Event | None = None) -> None:
         for f in files:
             f.local.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.remote / f.path, f.local)
