@@ -43,6 +43,7 @@ from ocimodel.layout.descriptor import (
     INDEX_TYPES,
     Descriptor,
     Platform,
+    parse_document,
     sha256_digest,
 )
 from ocimodel.layout.store import Layout
@@ -344,7 +345,7 @@ def _media_type(data: bytes, content_type: str) -> str:
 def image_platforms(store: Store) -> list[Platform]:
     """Every platform the image offers (an index's entries, or a single manifest's config)."""
     desc, data = store.top()
-    doc = _json(data, f"manifest {desc.digest} of {store.name}")
+    doc = parse_document(data, f"manifest {desc.digest} of {store.name}")
     if _is_index(desc, doc):
         return list(_offered(_entries(doc, desc, store)))
     config = _config(store, doc, desc)
@@ -357,7 +358,7 @@ def image_platforms(store: Store) -> list[Platform]:
 def gather(store: Store, platform: Platform, policy: ReadPolicy = ReadPolicy()) -> Image:
     """Fetch what the checks need for ``platform``: documents, config and each layer's file list (see module doc)."""
     top, data = store.top()
-    desc, doc = top, _json(data, f"manifest {top.digest} of {store.name}")
+    desc, doc = top, parse_document(data, f"manifest {top.digest} of {store.name}")
     documents = [(_what(desc, doc), len(data))]
     available: tuple[Platform, ...] = ()
     while _is_index(desc, doc):
@@ -370,7 +371,7 @@ def gather(store: Store, platform: Platform, policy: ReadPolicy = ReadPolicy()) 
             return Image(store.name, top.digest, tuple(documents), available)
         desc = next((e for e in candidates if e.platform == platform), candidates[0])
         data = store.document(desc)
-        doc = _json(data, f"manifest {desc.digest} of {store.name}")
+        doc = parse_document(data, f"manifest {desc.digest} of {store.name}")
         documents.append((_what(desc, doc), len(data)))
     config = _config(store, doc, desc)
     try:
@@ -380,16 +381,6 @@ def gather(store: Store, platform: Platform, policy: ReadPolicy = ReadPolicy()) 
     history = _layer_history(config, len(layers))
     contents = tuple(_contents(store, layer, line, policy) for layer, line in zip(layers, history))
     return Image(store.name, top.digest, tuple(documents), available, config, layers, contents)
-
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise OcimodelError(f"{what} is not a JSON object")
-    return doc
 
 
 def _is_index(desc: Descriptor, doc: Mapping[str, Any]) -> bool:
@@ -418,7 +409,7 @@ def _config(store: Store, doc: Mapping[str, Any], desc: Descriptor) -> dict[str,
         config_desc = Descriptor.from_json(doc["config"])
     except (KeyError, TypeError, ValueError):
         raise OcimodelError(f"{desc.digest} of {store.name} is not an image manifest (no config)") from None
-    return _json(store.config(config_desc), f"config {config_desc.digest} of {store.name}")
+    return parse_document(store.config(config_desc), f"config {config_desc.digest} of {store.name}")
 
 
 def _layer_history(config: Mapping[str, Any], count: int) -> list[str | None]:

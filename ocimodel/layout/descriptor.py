@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ocimodel.errors import OcimodelError
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -44,6 +46,17 @@ def sha256_digest(data: bytes) -> str:
 def canonical_json(obj: Any) -> bytes:
     """Compact, key-order-preserving JSON: the same document always gives the same bytes and digest."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_document(data: bytes, what: str) -> dict[str, Any]:
+    """A manifest, index or config as a JSON object, or one line saying ``what`` is not one."""
+    try:
+        doc = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        doc = None
+    if not isinstance(doc, dict):
+        raise OcimodelError(f"{what} is not a JSON object")
+    return doc
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,20 @@ config and layers next to it, and a failed pull leaves nothing half-referenced b
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from ocimodel.errors import DigestMismatch, OcimodelError
-from ocimodel.layout.descriptor import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
+from ocimodel.layout.descriptor import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Platform,
+    parse_document,
+)
 from ocimodel.layout.store import Layout
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.reference import Reference
@@ -85,7 +92,9 @@ class _Puller:
         for layer in layers:
             self._ensure_blob(layer)
         self._ensure_blob(config_descriptor)
-        config = self._load_json(self._layout.read_blob(config_descriptor.digest), f"config {config_descriptor.digest}")
+        config = parse_document(
+            self._layout.read_blob(config_descriptor.digest), f"config {config_descriptor.digest} of {self._ref}"
+        )
         descriptor = manifest.descriptor
         if descriptor.platform is None:
             descriptor = self._check_platform(descriptor, config, platform)
@@ -100,7 +109,7 @@ class _Puller:
             data = self._layout.read_blob(digest)
         else:
             data, _ = self._client.get_manifest(self._ref.repository, digest)
-        doc = self._load_json(data, f"manifest {digest}")
+        doc = parse_document(data, f"manifest {digest} of {self._ref}")
         if doc.get("schemaVersion") != 2:
             raise OcimodelError(
                 f"manifest {digest} of {self._ref} has schemaVersion {doc.get('schemaVersion')!r}; only 2 is supported"
@@ -151,11 +160,3 @@ class _Puller:
                     )
             writer.commit(descriptor.digest)
 
-    def _load_json(self, data: bytes, what: str) -> dict[str, Any]:
-        try:
-            doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            doc = None
-        if not isinstance(doc, dict):
-            raise OcimodelError(f"{what} of {self._ref} is not a JSON object")
-        return doc

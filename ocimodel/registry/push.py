@@ -10,7 +10,6 @@ restarts the blob with a fresh upload session, or stops with one line saying why
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -22,7 +21,7 @@ from urllib.parse import urljoin
 import requests
 
 from ocimodel.errors import OcimodelError
-from ocimodel.layout.descriptor import INDEX_TYPES, Descriptor
+from ocimodel.layout.descriptor import INDEX_TYPES, Descriptor, parse_document
 from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import read_range
 from ocimodel.parallel import check, run_all
@@ -122,7 +121,7 @@ def collect(layout: Layout, top: Descriptor) -> _Image:
 
     def visit(desc: Descriptor) -> None:
         data = layout.read_blob(desc.digest)
-        doc = _json(data, desc, layout)
+        doc = parse_document(data, f"{desc.digest} in {layout.root}")
         media_type = desc.media_type or doc.get("mediaType", "")
         if media_type in INDEX_TYPES or "manifests" in doc:
             for child in doc.get("manifests", []):
@@ -147,16 +146,6 @@ def collect(layout: Layout, top: Descriptor) -> _Image:
                 "the layout is damaged: pack it again (nothing was pushed)"
             )
     return _Image(manifests[-1][0], tuple(blobs.values()), tuple(manifests))
-
-
-def _json(data: bytes, desc: Descriptor, layout: Layout) -> dict:  # type: ignore[type-arg]
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise OcimodelError(f"{desc.digest} in {layout.root} is not a JSON manifest or index") from None
-    if not isinstance(doc, dict):
-        raise OcimodelError(f"{desc.digest} in {layout.root} is not a JSON manifest or index")
-    return doc
 
 
 @dataclass(frozen=True)
