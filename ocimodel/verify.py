@@ -40,7 +40,10 @@ import zstandard
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import (
     ANNOTATION_FILEPATH,
+    DOCUMENT_MAX_BYTES,
     INDEX_TYPES,
+    MANIFEST_MAX_BYTES,
+    MAX_INDEX_DEPTH,
     Descriptor,
     Platform,
     parse_document,
@@ -66,12 +69,8 @@ LAYERS_WARN = 100
 LAYERS_MAX = 300
 #: ECR's documented maximum layer size.
 LAYER_MAX_BYTES = 52_000 << 20
-#: ECR's documented maximum manifest size, which the distribution spec also asks registries to accept.
-MANIFEST_MAX_BYTES = 4 << 20
 #: Layers this small are read whatever it takes: base images and the small-files layer.
 SMALL_LAYER = 64 << 20
-_CONFIG_MAX_BYTES = 16 << 20
-_MAX_INDEX_DEPTH = 4
 _MAX_SYMLINKS = 40
 _SHOWN = 5
 
@@ -289,7 +288,7 @@ class RegistryStore:
         return data
 
     def config(self, desc: Descriptor) -> bytes:
-        if desc.size > _CONFIG_MAX_BYTES:
+        if desc.size > DOCUMENT_MAX_BYTES:
             raise OcimodelError(f"config {desc.digest} of {self._ref} is {human_size(desc.size)}; refusing to read it")
         data = bytearray()
         for chunk in self._client.stream_blob(self._ref.repository, desc.digest):
@@ -362,8 +361,8 @@ def gather(store: Store, platform: Platform, policy: ReadPolicy = ReadPolicy()) 
     documents = [(_what(desc, doc), len(data))]
     available: tuple[Platform, ...] = ()
     while _is_index(desc, doc):
-        if len(documents) > _MAX_INDEX_DEPTH:
-            raise OcimodelError(f"{store.name} nests image indexes more than {_MAX_INDEX_DEPTH} deep")
+        if len(documents) > MAX_INDEX_DEPTH:
+            raise OcimodelError(f"{store.name} nests image indexes more than {MAX_INDEX_DEPTH} deep")
         entries = _entries(doc, desc, store)
         available = _offered(entries)
         candidates = [e for e in entries if e.platform is not None and platform.matches(e.platform)]

@@ -31,6 +31,14 @@ ANNOTATION_REVISION = "org.opencontainers.image.revision"
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"
 ANNOTATION_FILE_METADATA = "org.cncf.model.file.metadata+json"
 
+#: The distribution spec asks registries to accept manifests up to 4 MiB (ECR's documented maximum too); nothing
+#: bigger is a manifest we made or want, and it must not be read into memory unbounded.
+MANIFEST_MAX_BYTES = 4 << 20
+#: Any JSON document we read whole (manifest, index, config): configs with long histories stay well under this.
+DOCUMENT_MAX_BYTES = 16 << 20
+#: An index may point at another index; real images nest at most once, this only stops a malicious loop.
+MAX_INDEX_DEPTH = 4
+
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 

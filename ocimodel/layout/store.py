@@ -20,6 +20,7 @@ from typing import IO, Any, Iterable, Iterator
 from ocimodel.errors import DigestMismatch, OcimodelError
 from ocimodel.layout.descriptor import (
     ANNOTATION_REF_NAME,
+    DOCUMENT_MAX_BYTES,
     OCI_INDEX,
     Descriptor,
     canonical_json,
@@ -27,8 +28,6 @@ from ocimodel.layout.descriptor import (
 )
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
-#: Manifests are capped at 4 MiB by registries; configs with long histories stay well under this.
-MAX_DOCUMENT_BYTES = 16 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -206,7 +205,7 @@ class Layout:
         """
         path = self.blob_path(digest)
         try:
-            if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            if path.stat().st_size > DOCUMENT_MAX_BYTES:
                 raise OcimodelError(f"blob {digest} in {self.root} is too large for a manifest, index or config")
             data = path.read_bytes()
         except FileNotFoundError:

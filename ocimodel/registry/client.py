@@ -28,6 +28,7 @@ from ocimodel.errors import DigestMismatch, OcimodelError
 from ocimodel.layout.descriptor import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    MANIFEST_MAX_BYTES,
     OCI_INDEX,
     OCI_MANIFEST,
     is_digest,
@@ -39,9 +40,6 @@ from ocimodel.registry.reference import registry_url
 log = logging.getLogger("ocimodel.registry")
 
 MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
-# The distribution spec asks registries to accept manifests up to 4 MiB; anything bigger is not a manifest we made
-# or want, and must not be read into memory unbounded.
-MANIFEST_MAX_BYTES = 4 * 1024 * 1024
 CHUNK_SIZE = 1024 * 1024
 _ERROR_BODY_MAX_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5

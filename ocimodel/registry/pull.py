@@ -14,6 +14,7 @@ from ocimodel.errors import DigestMismatch, OcimodelError
 from ocimodel.layout.descriptor import (
     INDEX_TYPES,
     MANIFEST_TYPES,
+    MAX_INDEX_DEPTH,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -24,8 +25,6 @@ from ocimodel.layout.store import Layout
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.reference import Reference
 
-# An index may point at another index; real images nest at most once, this only stops a malicious loop.
-_MAX_INDEX_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ class _Puller:
         parents: list[_Document] = []
         document = self._document(digest)
         while document.descriptor.media_type in INDEX_TYPES:
-            if len(parents) == _MAX_INDEX_DEPTH:
-                raise OcimodelError(f"{self._ref} nests image indexes more than {_MAX_INDEX_DEPTH} deep; refusing it")
+            if len(parents) == MAX_INDEX_DEPTH:
+                raise OcimodelError(f"{self._ref} nests image indexes more than {MAX_INDEX_DEPTH} deep; refusing it")
             parents.append(document)
             chosen = self._select(document, platform)
             document = self._document(chosen.digest, chosen)

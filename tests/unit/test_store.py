@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 
 from ocimodel.errors import OcimodelError
-from ocimodel.layout.store import FILE_MODE, MAX_DOCUMENT_BYTES, Layout
+from ocimodel.layout.descriptor import DOCUMENT_MAX_BYTES
+from ocimodel.layout.store import FILE_MODE, Layout
 
 
 def test_a_huge_blob_is_not_read_as_a_document(tmp_path: Path) -> None:
     layout = Layout.create(tmp_path / "layout")
     digest = "sha256:" + "ab" * 32
     with open(layout.blob_path(digest), "wb") as f:
-        f.truncate(MAX_DOCUMENT_BYTES + 1)  # sparse: costs no disk
+        f.truncate(DOCUMENT_MAX_BYTES + 1)  # sparse: costs no disk
     with pytest.raises(OcimodelError, match="too large for a manifest"):
         layout.read_blob(digest)
 
