@@ -26,6 +26,7 @@ from tests.harness.busybox import (  # noqa: E402
     pinned_reference,
     push_layout_with_skopeo,
 )
+from tests.harness.containerd import Containerd, run_containerd  # noqa: E402
 from tests.harness.registry import Registry, run_registry  # noqa: E402
 
 BUSYBOX_REPO = "library/busybox"
@@ -50,7 +51,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "integration: needs real external tools (docker-registry, skopeo, umoci, busybox-static)",
+        "integration: needs real external tools (docker-registry, skopeo, umoci, busybox-static, containerd, runc)",
     )
 
 
@@ -72,6 +73,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A docker-registry requiring HTTP Basic auth; see ``.username``/``.password``/``.creds``."""
     with run_registry(tmp_path_factory.mktemp("registry-auth"), auth=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    """A private containerd (Debian's, with runc) on its own socket; pulls go into the ``k8s.io`` namespace."""
+    with run_containerd(tmp_path_factory.mktemp("containerd")) as running:
         yield running
 
 
