@@ -13,6 +13,7 @@ stopped by PID, and every mount left under its directory is unmounted before the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -38,6 +39,8 @@ MODELCAR_COMMAND: tuple[str, ...] = ("sh", "-c", "ln -sf /proc/$$/root/models /m
 READINESS_DEADLINE_S = 20.0
 READINESS_POLL_INTERVAL_S = 0.05
 STOP_GRACE_S = 10.0
+#: How long a started modelcar may take to run its ``ln``.
+LINK_DEADLINE_S = 10.0
 #: Bound on a single ``ctr`` call; a pull passes its own, larger one.
 CTR_TIMEOUT_S = 60.0
 PULL_TIMEOUT_S = 600.0
@@ -244,8 +247,24 @@ class Containerd:
         return Modelcar(container_id, image, int(pid_file.read_text().strip()), mnt, elapsed)
 
     def run_modelcar(self, image: str, name: str) -> Modelcar:
-        """Start ``image`` exactly as KServe's modelcar sidecar runs: ``sh -c 'ln -sf … && sleep infinity'``."""
-        return self.start(image, name, MODELCAR_COMMAND)
+        """Start ``image`` exactly as KServe's modelcar sidecar runs: ``sh -c 'ln -sf … && sleep infinity'``.
+
+        Returns once the sidecar's ``/mnt/models`` link exists (``ctr run -d`` returns when the process has started,
+        not when its shell has run ``ln``); ``started_s`` includes that wait. A sidecar that exits first raises.
+        """
+        car = self.start(image, name, MODELCAR_COMMAND)
+        deadline = time.monotonic() + LINK_DEADLINE_S
+        started = time.monotonic()
+        while not (car.mnt / "models").is_symlink():
+            if not Path(f"/proc/{car.pid}").exists() or time.monotonic() > deadline:
+                tasks = self.ctr("tasks", "list").stdout
+                self._remove_container(car.container_id)
+                raise ContainerdError(
+                    f"the modelcar {car.container_id} made no /mnt/models link within {LINK_DEADLINE_S}s, or exited:"
+                    f"\n{tasks}"
+                )
+            time.sleep(READINESS_POLL_INTERVAL_S)
+        return dataclasses.replace(car, started_s=car.started_s + time.monotonic() - started)
 
     @contextlib.contextmanager
     def modelcar(self, image: str, name: str) -> Iterator[Modelcar]:
