@@ -337,17 +337,21 @@ def _wait_until_ready(process: subprocess.Popen[bytes], address: Path, log_path:
         if code is not None:
             raise ContainerdError(f"containerd exited with {code} before becoming ready; log tail:\n{_tail(log_path)}")
         if address.exists():
-            probe = subprocess.run(
-                [CTR_BINARY, "--address", str(address), "version"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-            if probe.returncode == 0:
-                return
-            last = probe.stderr.strip()
+            try:
+                probe = subprocess.run(
+                    [CTR_BINARY, "--address", str(address), "version"],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                last = "ctr version did not answer within 5s"
+            else:
+                if probe.returncode == 0:
+                    return
+                last = probe.stderr.strip()
         time.sleep(READINESS_POLL_INTERVAL_S)
     raise ContainerdError(
         f"containerd at {address} not ready within {READINESS_DEADLINE_S}s ({last}); log tail:\n{_tail(log_path)}"
@@ -400,10 +404,10 @@ def run_containerd(workdir: Path) -> Iterator[Containerd]:
         raise ContainerdError("a private containerd needs root (mounts, namespaces, cgroups): run the tests as root")
 
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     address = workdir / "containerd.sock"
     if len(str(address)) > MAX_SOCKET_PATH:
         raise ContainerdError(f"socket path {address} is too long for a unix socket: use a shorter work directory")
+    workdir.mkdir(parents=True, exist_ok=True)
     root, state = workdir / "root", workdir / "state"
     config_path = workdir / "config.toml"
     config_path.write_text(containerd_config(root, state, address))
@@ -418,19 +422,21 @@ def run_containerd(workdir: Path) -> Iterator[Containerd]:
             cwd=workdir,
         )
     instance = Containerd(workdir=workdir, address=address, log_path=log_path, process=process)
+    ready = False
     try:
         _wait_until_ready(process, address, log_path)
+        ready = True
         yield instance
     finally:
         died_early = process.poll()
         death = f"containerd died during the tests (exit {died_early}); log tail:\n{_tail(log_path)}"
         try:
-            if died_early is None:
+            if ready and died_early is None:
                 for container_id in instance.containers():
                     instance._remove_container(container_id)
         finally:
             _stop(process)
             _unmount_all(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
-        if died_early is not None:
+        if ready and died_early is not None:
             raise ContainerdError(death)
