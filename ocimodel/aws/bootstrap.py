@@ -407,10 +407,23 @@ def _log_group_step(logs: Any, plan: Plan, build: ModelBuild) -> Step:
 # --- CodeBuild ------------------------------------------------------------------------------------------------------
 
 
+#: CodeBuild's BatchGetProjects and BatchGetBuilds take at most this many names or ids.
+BATCH_MAX = 100
+
+
+def find_projects(codebuild: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The projects among ``names`` that exist, by name, read a hundred at a time."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(names), BATCH_MAX):
+        for project in codebuild.batch_get_projects(names=names[start : start + BATCH_MAX])["projects"]:
+            found[project["name"]] = project
+    return found
+
+
 def _project_steps(codebuild: Any, plan: Plan, clock: Clock) -> list[Step]:
     names = [plan.names.project(b.model) for b in plan.builds]
     with aws_call("read CodeBuild projects"):
-        found = {project["name"]: project for project in codebuild.batch_get_projects(names=names)["projects"]}
+        found = find_projects(codebuild, names)
     result = []
     for build, name in zip(plan.builds, names, strict=True):
         request = p.project_request(plan, build)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from botocore.exceptions import ClientError
 
 from ocimodel.aws.config import ModelSpec
+from ocimodel.aws.bootstrap import BATCH_MAX
 from ocimodel.aws.plan import OPTIONS_ANNOTATION, Names
 from ocimodel.aws.session import Clients, aws_call, error_code
 from ocimodel.errors import OcimodelError
@@ -256,10 +257,11 @@ def status(clients: Clients, names: Names, models: Sequence[ModelSpec]) -> list[
         if ids:
             last[model.name] = ids[0]
     builds: dict[str, dict[str, Any]] = {}
-    if last:
-        with aws_call("read CodeBuild builds"):
-            found = clients.codebuild.batch_get_builds(ids=list(last.values()))["builds"]
-        builds = {b["id"]: b for b in found}
+    ids = list(last.values())
+    with aws_call("read CodeBuild builds"):
+        for start in range(0, len(ids), BATCH_MAX):
+            found = clients.codebuild.batch_get_builds(ids=ids[start : start + BATCH_MAX])["builds"]
+            builds |= {b["id"]: b for b in found}
     result = []
     for model in models:
         build = builds.get(last.get(model.name, ""), {})

@@ -13,7 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
-from ocimodel.aws.bootstrap import find_log_group, managed
+from ocimodel.aws.bootstrap import find_log_group, find_projects, managed
 from ocimodel.aws.config import Config, ModelSpec
 from ocimodel.aws.plan import Names
 from ocimodel.aws.session import Clients, aws_call, error_code
@@ -35,7 +35,7 @@ def steps(clients: Clients, config: Config, names: Names, delete_images: bool) -
 def _project_steps(codebuild: Any, names: Names, models: tuple[ModelSpec, ...]) -> list[Step]:
     wanted = [names.project(m) for m in models]
     with aws_call("read CodeBuild projects"):
-        found = {project["name"] for project in codebuild.batch_get_projects(names=wanted)["projects"]}
+        found = set(find_projects(codebuild, wanted))
     return [
         Step("codebuild project", name, "delete", "", partial(codebuild.delete_project, name=name))
         if name in found
