@@ -299,6 +299,8 @@ def test_the_buildspec_commands_push_the_model_to_the_registry(
     annotations = pushed.json()["annotations"]
     assert annotations["org.opencontainers.image.revision"] == GATED.at("main").sha
     assert annotations["org.opencontainers.image.title"] == "acme/gated"
+    # What aws build reads to tell an immutable tag's image is this very build.
+    assert annotations[p.OPTIONS_ANNOTATION] == p.options_fingerprint(config.aws, gated)
     assert (
         pushed.json()["layers"][0]["digest"]
         == registry.fetch_manifest("library/busybox", busybox_ref.rsplit("@", 1)[1]).json()["layers"][0]["digest"]
