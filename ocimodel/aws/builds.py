@@ -85,9 +85,10 @@ def start(clients: Clients, names: Names, model: ModelSpec) -> str:
             if code == "AccountLimitExceededException":
                 machine = _compute_type(clients, project)
                 raise OcimodelError(
-                    f"cannot start a build of CodeBuild project {project}: AWS said {code}: {message}; the account's "
-                    f"CodeBuild quota of concurrent builds on {machine} is used up or 0 (common on new accounts for large "
-                    "machines): ask for more in Service Quotas (AWS CodeBuild), or set a smaller compute_type"
+                    f"cannot start a build of CodeBuild project {project}: AWS said {code}: {message}; the "
+                    f"account's CodeBuild quota of concurrent builds on {machine} is used up or 0 (common on new "
+                    "accounts for large machines): ask for more in Service Quotas (AWS CodeBuild), or set a smaller "
+                    "compute_type"
                 ) from None
             if code == "InvalidInputException" and _DENIED.search(message):
                 raise OcimodelError(
@@ -135,9 +136,8 @@ def tagged_image(clients: Clients, model: ModelSpec) -> TaggedImage | None:
 
 def _immutable(repository: dict[str, Any], tag: str) -> bool:
     mutability = repository.get("imageTagMutability", "MUTABLE")
-    excluded = any(
-        fnmatch.fnmatchcase(tag, f.get("filter", "")) for f in repository.get("imageTagMutabilityExclusionFilters") or []
-    )
+    filters = repository.get("imageTagMutabilityExclusionFilters") or []
+    excluded = any(fnmatch.fnmatchcase(tag, f.get("filter", "")) for f in filters)
     if mutability == "IMMUTABLE_WITH_EXCLUSION":
         return not excluded
     if mutability == "MUTABLE_WITH_EXCLUSION":

@@ -145,7 +145,7 @@ def build(
     if existing is not None:
         uri = f"oci://{names.account.registry}/{spec.repository}@{existing.digest}"
         if existing.revision == commit and existing.options == options_fingerprint(settings.aws, spec):
-            _note(f"{names.image(spec)} is immutable and already holds this build (commit {commit[:12]}): nothing to do")
+            _note(f"{names.image(spec)} is immutable and holds this build already (commit {commit[:12]}): done")
             print(uri)
             return
         built = f"commit {existing.revision[:12]}" if existing.revision else "an unknown source"

@@ -238,7 +238,10 @@ def _model(entry: object, index: int, prefix: str, problems: list[str]) -> Model
     repo_id = read.text("id", "", _REPO_ID, "a HuggingFace repo id, org/name")
     budget = MAX_PROJECT_NAME - len(prefix) - 1
     name = read.text(
-        "name", short_name(repo_id, budget), _NAME, "letters, digits, - and _ (the CodeBuild project is <prefix>-<name>)"
+        "name",
+        short_name(repo_id, budget),
+        _NAME,
+        "letters, digits, - and _ (the CodeBuild project is <prefix>-<name>)",
     )
     if len(name) > budget:
         problems.append(

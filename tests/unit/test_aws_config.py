@@ -433,7 +433,8 @@ def test_a_models_base_wins_over_the_configs_and_its_repository_may_be_pulled() 
     team = "111122223333.dkr.ecr.us-east-1.amazonaws.com/mirror/busybox@sha256:" + "a" * 64
     own = "111122223333.dkr.ecr.us-east-1.amazonaws.com/mirror/alpine@sha256:" + "b" * 64
     plan = make_plan(f'[aws]\nbase = "{team}"\n[[models]]\nid = "a/one"\nbase = "{own}"\n[[models]]\nid = "a/two"\n')
-    one, two = (shlex.split(yaml.safe_load(p.buildspec(plan, b))["phases"]["build"]["commands"][0]) for b in plan.builds)
+    one, two = (shlex.split(yaml.safe_load(p.buildspec(plan, b))["phases"]["build"]["commands"][0])
+                for b in plan.builds)
     assert one[one.index("--base") + 1] == own and two[two.index("--base") + 1] == team
     assert p.options_fingerprint(plan.settings, plan.builds[0].model) != p.options_fingerprint(
         plan.settings, plan.builds[1].model
@@ -446,8 +447,10 @@ def test_a_models_base_wins_over_the_configs_and_its_repository_may_be_pulled() 
 
 
 def test_the_registry_host_follows_fips() -> None:
-    assert Account("123456789012", "us-east-1", fips=True).registry == "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"
-    assert Account("123456789012", "cn-north-1", "aws-cn").registry == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
+    fips = Account("123456789012", "us-east-1", fips=True)
+    assert fips.registry == "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"
+    china = Account("123456789012", "cn-north-1", "aws-cn")
+    assert china.registry == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
 
 
 def test_policies_list_repositories_until_iam_would_refuse_then_their_namespaces() -> None:
@@ -467,7 +470,7 @@ def test_policies_list_repositories_until_iam_would_refuse_then_their_namespaces
     ]
     p.check_policy_sizes(many.names, models)
     scattered = make_plan(
-        "".join(f'[[models]]\nid = "acme/m{i}"\nrepository = "standalone-repository-number-{i}"\n' for i in range(200))
+        "".join(f'[[models]]\nid = "acme/m{i}"\nrepository = "standalone-repository-{i}"\n' for i in range(200))
     )
     with pytest.raises(OcimodelError, match="policy would be .* characters, over IAM's 10240: put the models"):
         p.check_policy_sizes(scattered.names, tuple(b.model for b in scattered.builds))

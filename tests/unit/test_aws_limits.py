@@ -274,7 +274,9 @@ def test_a_kms_key_named_by_alias_is_compared_as_the_arn_ecr_stores(aws: Clients
 def test_bootstrap_leaves_the_policies_of_a_role_it_did_not_create(aws: Clients, wheel: Path) -> None:
     trust = {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "codebuild.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "codebuild.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
     }
     aws.iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument=json.dumps(trust))
     theirs = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}]}
@@ -314,11 +316,10 @@ def immutable_with(aws: Clients, wheel: Path, annotations: dict[str, str]) -> st
         "layers": [],
         "annotations": annotations,
     }
-    return str(
-        aws.ecr.put_image(repositoryName="kserve-models/acme-tiny", imageManifest=json.dumps(manifest), imageTag="latest")[
-            "image"
-        ]["imageId"]["imageDigest"]
+    pushed = aws.ecr.put_image(
+        repositoryName="kserve-models/acme-tiny", imageManifest=json.dumps(manifest), imageTag="latest"
     )
+    return str(pushed["image"]["imageId"]["imageDigest"])
 
 
 def test_an_immutable_tag_holding_this_build_is_done_without_a_build(
@@ -333,7 +334,7 @@ def test_an_immutable_tag_holding_this_build_is_done_without_a_build(
     result = invoke("aws", "build", "acme/tiny", "--config", str(config_file))
     assert result.exit_code == 0, result.output
     assert result.stdout == f"oci://{REGISTRY}/kserve-models/acme-tiny@{digest}\n"
-    assert "already holds this build" in result.stderr
+    assert "holds this build already" in result.stderr
     assert started_builds(aws) == []
 
 
