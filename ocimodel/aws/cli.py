@@ -128,7 +128,7 @@ def build(
     from ocimodel.aws.config import load_config
     from ocimodel.aws.plan import options_fingerprint
     from ocimodel.aws.session import aws_call
-    from ocimodel.aws.sizing import hub_commit_and_layers
+    from ocimodel.aws.sizing import hub_commit
     from ocimodel.errors import OcimodelError
 
     settings = load_config(config)
@@ -140,7 +140,7 @@ def build(
                 raise OcimodelError(f"secret {names.secret} holds no HF token yet: run ocimodel aws set-hf-token first")
     # Before anything starts: a layer ECR would refuse, and an immutable tag that already holds an image.
     _note(f"listing {spec.id}@{spec.revision} on the Hub")
-    commit, _ = hub_commit_and_layers(spec)
+    commit = hub_commit(spec)
     existing = builds.tagged_image(clients, spec)
     if existing is not None:
         uri = f"oci://{names.account.registry}/{spec.repository}@{existing.digest}"

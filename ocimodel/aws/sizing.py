@@ -23,7 +23,6 @@ from ocimodel.units import human_size
 
 if TYPE_CHECKING:
     from ocimodel.aws.config import ModelSpec
-    from ocimodel.layout.plan import LayerPlan
     from ocimodel.source import Filters
     from ocimodel.source.hub import HubSource
 
@@ -97,8 +96,9 @@ def hub_size(model: ModelSpec) -> int:
     return sum(sizes)
 
 
-def hub_commit_and_layers(model: ModelSpec) -> tuple[str, list[LayerPlan]]:
-    """The commit the model's revision names now, and the layers ``ocimodel build`` will make of it (no download).
+def hub_commit(model: ModelSpec) -> str:
+    """The commit the model's revision names now, once the layers ``ocimodel build`` will make of it are known to
+    fit ECR (from the Hub's listing: nothing is downloaded).
 
     A layer over ECR's 52,000 MiB is refused here, naming its file: ECR would refuse it only after the build had
     downloaded and sent everything before it.
@@ -117,7 +117,7 @@ def hub_commit_and_layers(model: ModelSpec) -> tuple[str, list[LayerPlan]]:
                 f"model {model.id}: {largest.path} makes a layer of {human_size(size)}, over ECR's maximum of "
                 f"{human_size(LAYER_MAX_BYTES)}: ECR would refuse it; leave it out with exclude"
             )
-    return source.commit, layers
+    return source.commit
 
 
 def _filters(model: ModelSpec) -> Filters:
