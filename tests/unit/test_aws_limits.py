@@ -18,7 +18,7 @@ from typing import Any
 import moto.codebuild.responses as moto_codebuild
 import pytest
 
-from ocimodel.aws import bootstrap, builds, hftoken, shapes, sizing
+from ocimodel.aws import bootstrap, hftoken, shapes, sizing
 from ocimodel.aws import plan as p
 from ocimodel.aws import session as aws_session
 from ocimodel.aws.config import ModelSpec, parse_config
@@ -27,7 +27,7 @@ from ocimodel.aws.session import Clients, connect, whoami
 from ocimodel.aws.wheel import bundle
 from ocimodel.errors import OcimodelError
 from ocimodel.source.hub import HubFile
-from tests.unit.test_aws_bootstrap import (  # noqa: F401 (fixtures)
+from tests.unit.test_aws_bootstrap import (  # noqa: F401, F811 (the fixtures are shared by import)
     ACCOUNT,
     CONFIG,
     REGION,
