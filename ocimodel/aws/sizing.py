@@ -133,7 +133,7 @@ def _open(model: ModelSpec) -> HubSource:
 
     if constants.is_offline_mode():
         raise OcimodelError(
-            f"model {model.id}: HF_HUB_OFFLINE is set, so its size on the Hub is unknown; unset it, or set "
-            "compute_type and timeout_minutes for this model"
+            f"model {model.id}: HF_HUB_OFFLINE is set, so the Hub cannot say what files it has; unset it (for "
+            "bootstrap, setting compute_type and timeout_minutes for this model also does)"
         )
     return HubSource.open(model.id, revision=model.revision)

@@ -271,7 +271,7 @@ def test_hub_size_counts_only_the_files_the_model_keeps(aws: Clients) -> None:
 
 def test_hub_size_offline_says_what_to_set_instead(aws: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OcimodelError, match="HF_HUB_OFFLINE is set.*compute_type and timeout_minutes"):
+    with pytest.raises(OcimodelError, match="HF_HUB_OFFLINE is set.*unset it.*compute_type and timeout_minutes"):
         hub_size(parse_config(CONFIG, "models.toml").models[0])
 
 
