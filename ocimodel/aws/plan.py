@@ -254,7 +254,7 @@ def role_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
 
     Only ``ecr:GetAuthorizationToken`` has ``Resource: "*"``: it names no resource, so IAM accepts nothing else.
     Log groups are created by bootstrap (with their retention), so the role cannot create any. The repositories
-    are listed one by one while the policy stays within IAM's limit (``repository_resources``).
+    are listed one by one while the policy stays within IAM's limit, else by namespace (``repository_patterns``).
     """
     statements = _role_statements(names, models, sorted({names.repository_arn(m) for m in models}))
     if policy_size({"Version": "2012-10-17", "Statement": statements}) > INLINE_POLICIES_MAX:
@@ -264,7 +264,8 @@ def role_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
 
 def repository_patterns(names: Names, models: tuple[ModelSpec, ...]) -> list[str]:
     """The repositories as few ARNs as a large config needs: ``<namespace>/*`` per namespace, those without one
-    listed. Used only when listing every repository would pass IAM's 10,240-character limit (at about 100 models)."""
+    listed. Used only when listing every repository would pass IAM's 10,240-character limit (from about 76 models
+    with 120-character repository ARNs; later with shorter ones)."""
     arns = set()
     for model in models:
         namespace, _, _ = model.repository.rpartition("/")
@@ -321,7 +322,7 @@ def _one_or_list(values: list[str]) -> str | list[str]:
 
 def policy_size(document: dict[str, Any]) -> int:
     """Characters IAM counts against its quotas: the document without whitespace."""
-    return len(json.dumps(document, separators=(",", ":")))
+    return len(policy_text(document))
 
 
 def policy_text(document: dict[str, Any]) -> str:
