@@ -8,7 +8,7 @@ repository's encryption) are reported before anything is touched.
 from __future__ import annotations
 
 import json
-import time
+import re
 from functools import partial
 from typing import Any, Callable
 from urllib.parse import unquote
@@ -16,39 +16,81 @@ from urllib.parse import unquote
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
+from ocimodel.aws import shapes
 from ocimodel.aws.plan import ModelBuild, Plan
-from ocimodel.aws.session import Clients, aws_call, error_code
+from ocimodel.aws.session import Clients, Clock, aws_call, error_code, retry_while
 from ocimodel.aws.steps import Step
 from ocimodel.errors import OcimodelError
 from ocimodel.units import human_size
 
-#: A new role takes seconds to become assumable by CodeBuild; create_project fails until then.
-ROLE_PROPAGATION_ATTEMPTS = 12
+#: How long CodeBuild may keep refusing a role IAM just created or changed: IAM is eventually consistent, and
+#: minutes have been seen where seconds are usual.
+ROLE_PROPAGATION_SECONDS = 180.0
 ROLE_PROPAGATION_DELAY_SECONDS = 5.0
+#: CodeBuild's refusals of a role it cannot (yet) use, in any of their wordings ("not authorized to perform:
+#: sts:AssumeRole", "unable to assume role", "service role is not authorized", …).
+_ROLE_NOT_READY = re.compile(r"authori[sz]|assume ?role|unable to assume|cannot assume", re.IGNORECASE)
 
-Sleep = Callable[[float], None]
 
-
-def steps(clients: Clients, plan: Plan, sleep: Sleep = time.sleep) -> list[Step]:
+def steps(clients: Clients, plan: Plan, clock: Clock = Clock()) -> list[Step]:
     """Every step bootstrap takes, found by reading AWS only."""
     bucket = _bucket_step(clients.s3, plan)
+    kms_key = _resolved_kms_key(clients.kms, plan)
+    role, managed = _role_step(clients.iam, plan)
     return [
         bucket,
         _source_step(clients.s3, plan, bucket_exists=bucket.action != "create"),
-        *[_repository_step(clients.ecr, plan, build) for build in plan.builds],
-        _role_step(clients.iam, plan),
-        _role_policy_step(clients.iam, plan),
+        *[_repository_step(clients.ecr, plan, build, kms_key) for build in plan.builds],
+        role,
+        _role_policy_step(clients.iam, plan, managed),
         *[_log_group_step(clients.logs, plan, build) for build in plan.builds],
-        *_project_steps(clients.codebuild, plan, sleep),
+        *_project_steps(clients.codebuild, plan, clock),
         *([_secret_step(clients.secrets, plan)] if plan.settings.hf_token else []),
     ]
+
+
+def check(plan: Plan, clients: Clients) -> None:
+    """Every name and value bootstrap would send, checked against botocore's service models (lengths, patterns,
+    enums, ranges) and IAM's policy quotas before the first change: AWS refuses a bad one only when its turn comes,
+    after the steps before it changed the account."""
+    names, models = plan.names, tuple(b.model for b in plan.builds)
+    p.check_policy_sizes(names, models)
+    requests: list[tuple[Any, str, dict[str, Any]]] = [
+        (clients.s3, "CreateBucket", {"Bucket": names.bucket}),
+        (clients.iam, "CreateRole", p.role_request(names)),
+        (
+            clients.iam,
+            "PutRolePolicy",
+            {
+                "RoleName": names.role,
+                "PolicyName": p.ROLE_POLICY_NAME,
+                "PolicyDocument": p.policy_text(p.role_policy(names, models)),
+            },
+        ),
+    ]
+    for build in plan.builds:
+        project = p.project_request(plan, build)
+        requests += [
+            (clients.ecr, "CreateRepository", p.repository_request(plan.settings, build.model)),
+            (clients.logs, "CreateLogGroup", {"logGroupName": names.log_group(build.model), "tags": p.tags_dict()}),
+            (clients.codebuild, "CreateProject", project),
+            (clients.codebuild, "UpdateProject", {k: v for k, v in project.items() if k != "tags"}),
+        ]
+    found = [
+        problem
+        for client, operation, request in requests
+        for problem in shapes.check_request(client.meta.service_model, operation, request)
+    ]
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise OcimodelError(f"AWS would refuse what this config makes: {found[0]}{more}; nothing was changed")
 
 
 def documents(plan: Plan) -> list[tuple[str, str]]:
     """The documents a dry run shows: policies as JSON and each model's buildspec, exactly as they are sent."""
     names, models = plan.names, tuple(b.model for b in plan.builds)
     shown = [
-        (f"IAM role {names.role}: trust policy", _json(p.trust_policy(names, models))),
+        (f"IAM role {names.role}: trust policy", _json(p.trust_policy(names))),
         (f"IAM role {names.role}: inline policy {p.ROLE_POLICY_NAME}", _json(p.role_policy(names, models))),
         ("ECR lifecycle policy (every repository)", _json(p.lifecycle_policy(plan.settings))),
     ]
@@ -119,7 +161,7 @@ def _create_bucket(s3: Any, plan: Plan, region: str) -> None:
     name = plan.names.bucket
     location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
     s3.create_bucket(Bucket=name, ObjectOwnership="BucketOwnerEnforced", **location)
-    s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in p.tags_dict().items()]})
+    s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": p.tag_list()})
     _configure_bucket(s3, plan)
 
 
@@ -165,7 +207,19 @@ def _source_step(s3: Any, plan: Plan, bucket_exists: bool) -> Step:
 # --- ECR repositories -----------------------------------------------------------------------------------------------
 
 
-def _repository_step(ecr: Any, plan: Plan, build: ModelBuild) -> Step:
+def _resolved_kms_key(kms: Any, plan: Plan) -> str | None:
+    """The ARN of the configured KMS key: ECR stores the ARN whatever the config named (alias, id, alias ARN), so
+    only the ARN compares with what an existing repository holds."""
+    key = plan.settings.kms_key
+    if plan.settings.encryption != "KMS" or not key:
+        return None
+    if key.startswith("arn:") and ":key/" in key:
+        return key
+    with aws_call(f"resolve KMS key {key} (kms:DescribeKey)"):
+        return str(kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"])
+
+
+def _repository_step(ecr: Any, plan: Plan, build: ModelBuild, kms_key: str | None) -> Step:
     settings, name = plan.settings, build.model.repository
     lifecycle = p.lifecycle_policy(settings)
     encryption = p.repository_encryption(settings)
@@ -183,17 +237,11 @@ def _repository_step(ecr: Any, plan: Plan, build: ModelBuild) -> Step:
         if repo is None:
 
             def create() -> None:
-                ecr.create_repository(
-                    repositoryName=name,
-                    imageTagMutability=settings.tag_mutability,
-                    imageScanningConfiguration={"scanOnPush": True},
-                    encryptionConfiguration=encryption,
-                    tags=[{"Key": k, "Value": v} for k, v in p.tags_dict().items()],
-                )
+                ecr.create_repository(**p.repository_request(settings, build.model))
                 ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=json.dumps(lifecycle))
 
             return Step("ecr repository", name, "create", detail, create)
-        _check_encryption(name, repo.get("encryptionConfiguration") or {}, encryption)
+        _check_encryption(name, repo.get("encryptionConfiguration") or {}, encryption, kms_key)
         try:
             current_lifecycle = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])
         except ClientError as exc:
@@ -234,12 +282,10 @@ def _repository_step(ecr: Any, plan: Plan, build: ModelBuild) -> Step:
     return Step("ecr repository", name, "update", "set " + ", ".join(label for label, _ in fixes), update)
 
 
-def _check_encryption(name: str, current: dict[str, str], wanted: dict[str, str]) -> None:
+def _check_encryption(name: str, current: dict[str, str], wanted: dict[str, str], kms_key: str | None) -> None:
     """ECR fixes a repository's encryption at creation: a different one in the config can only be reported."""
     have = current.get("encryptionType", "AES256")
-    key_differs = (
-        have == "KMS" and wanted.get("kmsKey", "").startswith("arn:") and current.get("kmsKey") != wanted["kmsKey"]
-    )
+    key_differs = have == "KMS" and kms_key is not None and current.get("kmsKey") != kms_key
     if have != wanted["encryptionType"] or key_differs:
         have_text = f"{have} ({current['kmsKey']})" if current.get("kmsKey") else have
         raise OcimodelError(
@@ -258,10 +304,14 @@ def _policy_document(value: Any) -> Any:
     return json.loads(unquote(value)) if isinstance(value, str) else value
 
 
-def _role_step(iam: Any, plan: Plan) -> Step:
-    names, models = plan.names, tuple(b.model for b in plan.builds)
-    trust = p.trust_policy(names, models)
-    detail = f"assumable by codebuild.amazonaws.com for {len(models)} project(s)"
+def _role_step(iam: Any, plan: Plan) -> tuple[Step, bool]:
+    """The role's step, and whether bootstrap may write the role's policies (it made the role, or makes it now).
+
+    A role of the same name that ocimodel did not create is used as it is: its policies may serve others.
+    """
+    names = plan.names
+    trust = p.trust_policy(names)
+    detail = f"assumable by codebuild.amazonaws.com for projects {names.settings.prefix}-*"
     with aws_call(f"read IAM role {names.role}"):
         try:
             role = iam.get_role(RoleName=names.role)["Role"]
@@ -271,30 +321,35 @@ def _role_step(iam: Any, plan: Plan) -> Step:
             role = None
     if role is None:
 
-        def create() -> None:
-            iam.create_role(
-                RoleName=names.role,
-                AssumeRolePolicyDocument=json.dumps(trust),
-                Description="ocimodel: CodeBuild builds of models into ECR",
-                Tags=[{"Key": k, "Value": v} for k, v in p.tags_dict().items()],
-            )
-
-        return Step("iam role", names.role, "create", detail, create)
+        return Step("iam role", names.role, "create", detail, lambda: iam.create_role(**p.role_request(names))), True
+    if not managed(role.get("Tags")):
+        return Step("iam role", names.role, "keep", "not created by ocimodel: its policies are left as they are"), False
     if _same(_policy_document(role.get("AssumeRolePolicyDocument")), trust):
-        return Step("iam role", names.role, "none", detail)
-    return Step(
-        "iam role",
-        names.role,
-        "update",
-        "set trust policy",
-        lambda: iam.update_assume_role_policy(RoleName=names.role, PolicyDocument=json.dumps(trust)),
+        return Step("iam role", names.role, "none", detail), True
+    return (
+        Step(
+            "iam role",
+            names.role,
+            "update",
+            "set trust policy",
+            lambda: iam.update_assume_role_policy(RoleName=names.role, PolicyDocument=p.policy_text(trust)),
+        ),
+        True,
     )
 
 
-def _role_policy_step(iam: Any, plan: Plan) -> Step:
+def managed(tags: list[dict[str, str]] | None) -> bool:
+    """Whether AWS tags (``Key``/``Value`` pairs) mark a resource as made by bootstrap."""
+    found = {t.get("Key"): t.get("Value") for t in tags or []}
+    return found.get(p.MANAGED_TAG[0]) == p.MANAGED_TAG[1]
+
+
+def _role_policy_step(iam: Any, plan: Plan, writable: bool) -> Step:
     names, models = plan.names, tuple(b.model for b in plan.builds)
     document = p.role_policy(names, models)
     label = f"{names.role}/{p.ROLE_POLICY_NAME}"
+    if not writable:
+        return Step("iam policy", label, "keep", "on a role ocimodel did not create: not written")
     detail = "logs, ECR login + push on its repositories, source zip" + (", HF token" if plan.settings.hf_token else "")
     with aws_call(f"read IAM role policy {label}"):
         try:
@@ -313,7 +368,7 @@ def _role_policy_step(iam: Any, plan: Plan) -> Step:
         "create" if current is None else "update",
         detail,
         lambda: iam.put_role_policy(
-            RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME, PolicyDocument=json.dumps(document)
+            RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME, PolicyDocument=p.policy_text(document)
         ),
     )
 
@@ -352,10 +407,23 @@ def _log_group_step(logs: Any, plan: Plan, build: ModelBuild) -> Step:
 # --- CodeBuild ------------------------------------------------------------------------------------------------------
 
 
-def _project_steps(codebuild: Any, plan: Plan, sleep: Sleep) -> list[Step]:
+#: CodeBuild's BatchGetProjects and BatchGetBuilds take at most this many names or ids.
+BATCH_MAX = 100
+
+
+def find_projects(codebuild: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The projects among ``names`` that exist, by name, read a hundred at a time."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(names), BATCH_MAX):
+        for project in codebuild.batch_get_projects(names=names[start : start + BATCH_MAX])["projects"]:
+            found[project["name"]] = project
+    return found
+
+
+def _project_steps(codebuild: Any, plan: Plan, clock: Clock) -> list[Step]:
     names = [plan.names.project(b.model) for b in plan.builds]
     with aws_call("read CodeBuild projects"):
-        found = {project["name"]: project for project in codebuild.batch_get_projects(names=names)["projects"]}
+        found = find_projects(codebuild, names)
     result = []
     for build, name in zip(plan.builds, names, strict=True):
         request = p.project_request(plan, build)
@@ -369,7 +437,7 @@ def _project_steps(codebuild: Any, plan: Plan, sleep: Sleep) -> list[Step]:
                     name,
                     "create",
                     detail,
-                    partial(_while_role_propagates, partial(codebuild.create_project, **request), sleep),
+                    partial(_while_role_propagates, partial(codebuild.create_project, **request), clock),
                 )
             )
             continue
@@ -385,24 +453,24 @@ def _project_steps(codebuild: Any, plan: Plan, sleep: Sleep) -> list[Step]:
                 name,
                 "update",
                 f"set {', '.join(differs)}: {detail}",
-                partial(_while_role_propagates, partial(codebuild.update_project, **update), sleep),
+                partial(_while_role_propagates, partial(codebuild.update_project, **update), clock),
             )
         )
     return result
 
 
-def _while_role_propagates(call: Callable[[], Any], sleep: Sleep) -> None:
-    """Retry while CodeBuild cannot yet assume a role IAM just created or changed (IAM is eventually consistent)."""
-    for attempt in range(1, ROLE_PROPAGATION_ATTEMPTS + 1):
-        try:
-            call()
-            return
-        except ClientError as exc:
-            message = str(exc.response.get("Error", {}).get("Message", ""))
-            propagating = _missing(exc, "InvalidInputException") and "sts:AssumeRole" in message
-            if not propagating or attempt == ROLE_PROPAGATION_ATTEMPTS:
-                raise
-        sleep(ROLE_PROPAGATION_DELAY_SECONDS)
+def role_not_ready(exc: Exception) -> bool:
+    """CodeBuild refusing a role IAM has not finished propagating (InvalidInputException, any wording)."""
+    if not isinstance(exc, ClientError) or not _missing(exc, "InvalidInputException"):
+        return False
+    return bool(_ROLE_NOT_READY.search(str(exc.response.get("Error", {}).get("Message", ""))))
+
+
+def _while_role_propagates(call: Callable[[], Any], clock: Clock) -> None:
+    """Retry while CodeBuild cannot yet use a role IAM just created or changed, for up to three minutes."""
+    retry_while(
+        call, role_not_ready, seconds=ROLE_PROPAGATION_SECONDS, delay=ROLE_PROPAGATION_DELAY_SECONDS, clock=clock
+    )
 
 
 # --- Secrets Manager ------------------------------------------------------------------------------------------------

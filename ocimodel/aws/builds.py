@@ -8,7 +8,9 @@ comes back unchanged (the end, for now). The log is read once more after the bui
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Sequence
@@ -16,13 +18,27 @@ from typing import Any, Callable, Sequence
 from botocore.exceptions import ClientError
 
 from ocimodel.aws.config import ModelSpec
-from ocimodel.aws.plan import Names
+from ocimodel.aws.bootstrap import BATCH_MAX
+from ocimodel.aws.plan import OPTIONS_ANNOTATION, Names
 from ocimodel.aws.session import Clients, aws_call, error_code
 from ocimodel.errors import OcimodelError
 
 IN_PROGRESS = "IN_PROGRESS"
 SUCCEEDED = "SUCCEEDED"
 _PHASE_FAILURES = frozenset({"FAILED", "FAULT", "TIMED_OUT", "STOPPED", "CLIENT_ERROR"})
+#: How AWS words a refusal that a policy still propagating through IAM also produces.
+_DENIED = re.compile(r"access ?denied|not authori[sz]ed|unable to assume|assume ?role|forbidden", re.IGNORECASE)
+PROPAGATION_HINT = (
+    "if bootstrap created or changed the role moments ago, IAM may not have propagated it yet (it can take a few "
+    "minutes): wait, then run ocimodel aws build again; if it persists, compare the role's policy with docs/aws.md"
+)
+ANNOTATION_REVISION = "org.opencontainers.image.revision"
+_MANIFEST_TYPES = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+]
 
 
 @dataclass(frozen=True)
@@ -45,17 +61,88 @@ class ModelStatus:
     uri: str | None
 
 
+@dataclass(frozen=True)
+class TaggedImage:
+    """The image an immutable tag already names, and what it says it was built from."""
+
+    digest: str
+    revision: str | None
+    options: str | None
+
+
 def start(clients: Clients, names: Names, model: ModelSpec) -> str:
     project = names.project(model)
     with aws_call(f"start a build of CodeBuild project {project}"):
         try:
             return str(clients.codebuild.start_build(projectName=project)["build"]["id"])
         except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
+            code = error_code(exc)
+            message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+            if code == "ResourceNotFoundException":
                 raise OcimodelError(
                     f"CodeBuild project {project} does not exist: run ocimodel aws bootstrap with this config first"
                 ) from None
+            if code == "AccountLimitExceededException":
+                machine = _compute_type(clients, project)
+                raise OcimodelError(
+                    f"cannot start a build of CodeBuild project {project}: AWS said {code}: {message}; the "
+                    f"account's CodeBuild quota of concurrent builds on {machine} is used up or 0 (common on new "
+                    "accounts for large machines): ask for more in Service Quotas (AWS CodeBuild), or set a smaller "
+                    "compute_type"
+                ) from None
+            if code == "InvalidInputException" and _DENIED.search(message):
+                raise OcimodelError(
+                    f"cannot start a build of CodeBuild project {project}: AWS said {code}: {message}; "
+                    + PROPAGATION_HINT
+                ) from None
             raise
+
+
+def _compute_type(clients: Clients, project: str) -> str:
+    """The project's machine, to name in a quota message; the project exists, as start_build found it."""
+    projects = clients.codebuild.batch_get_projects(names=[project])["projects"]
+    return str(projects[0]["environment"]["computeType"]) if projects else "its compute type"
+
+
+def tagged_image(clients: Clients, model: ModelSpec) -> TaggedImage | None:
+    """The image at the model's tag when ECR will not let a push move that tag (IMMUTABLE, or
+    IMMUTABLE_WITH_EXCLUSION without a matching exclusion); None when the tag is free or mutable."""
+    with aws_call(f"read ECR repository {model.repository}"):
+        try:
+            (repository,) = clients.ecr.describe_repositories(repositoryNames=[model.repository])["repositories"]
+        except ClientError as exc:
+            if error_code(exc) == "RepositoryNotFoundException":
+                return None
+            raise
+        if not _immutable(repository, model.tag):
+            return None
+        found = clients.ecr.batch_get_image(
+            repositoryName=model.repository,
+            imageIds=[{"imageTag": model.tag}],
+            acceptedMediaTypes=_MANIFEST_TYPES,
+        )["images"]
+    if not found:
+        return None
+    try:
+        manifest = json.loads(found[0]["imageManifest"])
+    except ValueError:
+        manifest = {}
+    annotations = manifest.get("annotations") if isinstance(manifest, dict) else None
+    annotations = annotations if isinstance(annotations, dict) else {}
+    return TaggedImage(
+        found[0]["imageId"]["imageDigest"], annotations.get(ANNOTATION_REVISION), annotations.get(OPTIONS_ANNOTATION)
+    )
+
+
+def _immutable(repository: dict[str, Any], tag: str) -> bool:
+    mutability = repository.get("imageTagMutability", "MUTABLE")
+    filters = repository.get("imageTagMutabilityExclusionFilters") or []
+    excluded = any(fnmatch.fnmatchcase(tag, f.get("filter", "")) for f in filters)
+    if mutability == "IMMUTABLE_WITH_EXCLUSION":
+        return not excluded
+    if mutability == "MUTABLE_WITH_EXCLUSION":
+        return excluded
+    return mutability == "IMMUTABLE"
 
 
 def follow(
@@ -134,7 +221,8 @@ def _failure(build: dict[str, Any]) -> str | None:
     for phase in build.get("phases") or []:
         if phase.get("phaseStatus") in _PHASE_FAILURES:
             contexts = [c.get("message") for c in phase.get("contexts") or [] if c.get("message")]
-            return f"phase {phase['phaseType']} {phase['phaseStatus']}" + (f": {contexts[0]}" if contexts else "")
+            reason = f"phase {phase['phaseType']} {phase['phaseStatus']}" + (f": {contexts[0]}" if contexts else "")
+            return reason + (f"; {PROPAGATION_HINT}" if contexts and _DENIED.search(contexts[0]) else "")
     return None
 
 
@@ -169,10 +257,11 @@ def status(clients: Clients, names: Names, models: Sequence[ModelSpec]) -> list[
         if ids:
             last[model.name] = ids[0]
     builds: dict[str, dict[str, Any]] = {}
-    if last:
-        with aws_call("read CodeBuild builds"):
-            found = clients.codebuild.batch_get_builds(ids=list(last.values()))["builds"]
-        builds = {b["id"]: b for b in found}
+    ids = list(last.values())
+    with aws_call("read CodeBuild builds"):
+        for start in range(0, len(ids), BATCH_MAX):
+            found = clients.codebuild.batch_get_builds(ids=ids[start : start + BATCH_MAX])["builds"]
+            builds |= {b["id"]: b for b in found}
     result = []
     for model in models:
         build = builds.get(last.get(model.name, ""), {})

@@ -62,7 +62,7 @@ def bootstrap(
     ] = False,
     wheel: Annotated[
         Optional[Path],
-        typer.Option(help="The ocimodel wheel builds install (default: one built from this source tree)."),
+        typer.Option(help="The ocimodel wheel builds install (default: this installed ocimodel, made into a wheel)."),
     ] = None,
 ) -> None:
     """Create or update ECR repositories, IAM role, S3 bucket, log groups and CodeBuild projects; idempotent."""
@@ -74,11 +74,11 @@ def bootstrap(
 
     settings = load_config(config)
     builds = _sized(settings)
-    if wheel is None:
-        _note("building the ocimodel wheel the builds will install")
+    # In memory, from the installed files: a dry run makes it too, as its buildspecs and upload decision need it.
     bundle = local_bundle(wheel)
     clients, names = _names(settings)
     plan = Plan(settings, names, builds, bundle)
+    run.check(plan, clients)
     todo = run.steps(clients, plan)
     if dry_run:
         print(render(todo, done=False))
@@ -126,7 +126,9 @@ def build(
     from ocimodel.aws import builds
     from ocimodel.aws.bootstrap import secret_exists
     from ocimodel.aws.config import load_config
+    from ocimodel.aws.plan import options_fingerprint
     from ocimodel.aws.session import aws_call
+    from ocimodel.aws.sizing import hub_commit
     from ocimodel.errors import OcimodelError
 
     settings = load_config(config)
@@ -136,6 +138,22 @@ def build(
         with aws_call(f"read secret {names.secret}"):
             if not secret_exists(clients.secrets, names.secret):
                 raise OcimodelError(f"secret {names.secret} holds no HF token yet: run ocimodel aws set-hf-token first")
+    # Before anything starts: a layer ECR would refuse, and an immutable tag that already holds an image.
+    _note(f"listing {spec.id}@{spec.revision} on the Hub")
+    commit = hub_commit(spec)
+    existing = builds.tagged_image(clients, spec)
+    if existing is not None:
+        uri = f"oci://{names.account.registry}/{spec.repository}@{existing.digest}"
+        if existing.revision == commit and existing.options == options_fingerprint(settings.aws, spec):
+            _note(f"{names.image(spec)} is immutable and holds this build already (commit {commit[:12]}): done")
+            print(uri)
+            return
+        built = f"commit {existing.revision[:12]}" if existing.revision else "an unknown source"
+        raise OcimodelError(
+            f"ECR repository {spec.repository} keeps tag {spec.tag} immutable, and it already holds {existing.digest} "
+            f"(built from {built}, not {spec.id}@{commit[:12]} with this config's options): ECR would refuse the push; "
+            "give the model another tag in the config and run ocimodel aws bootstrap"
+        )
     build_id = builds.start(clients, names, spec)
     if no_follow:
         print(build_id)

@@ -7,6 +7,7 @@ more there are.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ from ocimodel.errors import OcimodelError
 
 DEFAULT_IMAGE = "aws/codebuild/standard:7.0"
 DEFAULT_PYTHON = "3.12"
+#: ocimodel's own ``requires-python``.
+MIN_PYTHON = (3, 11)
+#: CodeBuild's curated images: the only ones with ``runtime-versions`` and pulled with CodeBuild's credentials.
+CURATED_IMAGE_PREFIX = "aws/codebuild/"
+#: CodeBuild's project name limit; the project is ``<prefix>-<name>``.
+MAX_PROJECT_NAME = 150
 DEFAULT_REPOSITORY_PREFIX = "kserve-models"
 #: The retention periods CloudWatch Logs accepts, in days.
 LOG_RETENTION_DAYS = frozenset(
@@ -27,20 +34,37 @@ MIN_TIMEOUT_MINUTES = 5
 MAX_TIMEOUT_MINUTES = 2160
 
 _REPO_ID = re.compile(r"[\w.-]{1,96}/[\w.-]{1,96}")
-#: ECR's repository name rule (2 to 256 characters).
-_ECR_REPOSITORY = re.compile(r"(?=.{2,256}$)(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+#: ECR's repository name rule (2 to 256 characters), as botocore's model states it.
+_ECR_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_ECR_REPOSITORY = re.compile(rf"(?=.{{2,256}}$){_ECR_PART}(?:/{_ECR_PART})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 #: Short enough that ``<prefix>-<account>-<region>`` stays within S3's 63 characters.
 _PREFIX = re.compile(r"[a-z][a-z0-9-]{0,18}[a-z0-9]")
-#: What ``<prefix>-<name>`` must be for CodeBuild.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,200}")
+#: What ``<prefix>-<name>`` must be for CodeBuild (its length is checked against the prefix's).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
 
 
 def slug(repo_id: str) -> str:
-    """``Qwen/Qwen2.5-7B-Instruct`` → ``qwen-qwen2-5-7b-instruct``: usable in ECR and CodeBuild names."""
-    return repo_id.lower().replace("/", "-").replace(".", "-")
+    """``Qwen/Qwen2.5-7B-Instruct`` → ``qwen-qwen2-5-7b-instruct``: usable in ECR and CodeBuild names.
+
+    A run of separators ECR refuses between two names' parts (mixed, or ``___``) becomes one ``-``, and the slug
+    neither starts nor ends with one; what ECR accepts (``-``, ``--``, ``_``, ``__``) is kept as it was.
+    """
+    text = repo_id.lower().replace("/", "-").replace(".", "-")
+    text = re.sub(r"[-_]+", lambda m: m[0] if m[0] in ("_", "__") or set(m[0]) == {"-"} else "-", text)
+    return text.strip("-_")
+
+
+def short_name(repo_id: str, budget: int) -> str:
+    """The default short name of a model: its slug, cut to ``budget`` characters with a hash of the id kept at its
+    end, so long ids that share a beginning still get distinct, stable names."""
+    name = slug(repo_id)
+    if len(name) <= budget:
+        return name
+    digest = hashlib.sha256(repo_id.encode()).hexdigest()[:8]
+    return f"{name[: budget - len(digest) - 1].rstrip('-_')}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,8 @@ class ModelSpec:
     timeout_minutes: int | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    #: ``--base`` of this model's build; None takes ``[aws] base``.
+    base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,10 @@ class AwsSettings:
     python: str = DEFAULT_PYTHON
     #: ``--base`` of the builds, e.g. a busybox mirrored into ECR; None keeps ocimodel's default.
     base: str | None = None
+
+    @property
+    def curated_image(self) -> bool:
+        return self.image.startswith(CURATED_IMAGE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -112,7 +142,7 @@ def parse_config(text: str, origin: str) -> Config:
     if not isinstance(raw_models, list) or not raw_models:
         problems.append("no [[models]] table: list at least one model")
         raw_models = []
-    models = [_model(entry, i, problems) for i, entry in enumerate(raw_models, 1)]
+    models = [_model(entry, i, aws.prefix, problems) for i, entry in enumerate(raw_models, 1)]
     _check_unique(models, problems)
     if problems:
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
@@ -154,9 +184,16 @@ def _aws(table: dict[str, Any], problems: list[str]) -> AwsSettings:
             f"{where}: log_retention_days = {retention} is not a period CloudWatch Logs offers "
             f"({', '.join(map(str, sorted(LOG_RETENTION_DAYS)))})"
         )
-    base = read.text("base", None)
-    if base and base != "scratch" and "@sha256:" not in base:
-        problems.append(f"{where}: base must be pinned by digest (REPO@sha256:…) or be 'scratch', not {base!r}")
+    base = _base(read)
+    image = read.text("image", AwsSettings.image)
+    python = read.text("python", AwsSettings.python, re.compile(r"\d+\.\d+"), "a version such as 3.12")
+    if tuple(int(part) for part in python.split(".")) < MIN_PYTHON:
+        problems.append(f"{where}: python = {python!r}: ocimodel needs Python 3.11 or newer")
+    if "python" in table and not image.startswith(CURATED_IMAGE_PREFIX):
+        problems.append(
+            f"{where}: python applies to CodeBuild's curated images (aws/codebuild/…) only, not {image!r}: drop "
+            "it; a custom image must bring python3 3.11 or newer, with pip"
+        )
     return AwsSettings(
         region=read.text("region", None, _REGION, "an AWS region such as us-east-1"),
         prefix=prefix,
@@ -168,28 +205,49 @@ def _aws(table: dict[str, Any], problems: list[str]) -> AwsSettings:
         log_retention_days=retention,
         hf_token=read.boolean("hf_token", AwsSettings.hf_token),
         hf_token_secret=read.text("hf_token_secret", f"{prefix}/hf-token", _SECRET_NAME, "a Secrets Manager name"),
-        image=read.text("image", AwsSettings.image),
-        python=read.text("python", AwsSettings.python, re.compile(r"\d+\.\d+"), "a version such as 3.12"),
+        image=image,
+        python=python,
         base=base,
     )
 
 
-def _model(entry: object, index: int, problems: list[str]) -> ModelSpec | None:
+def _base(read: _Reader) -> str | None:
+    base = read.text("base", None)
+    if base and base != "scratch" and "@sha256:" not in base:
+        read.problems.append(
+            f"{read.where}: base must be pinned by digest (REPO@sha256:…) or be 'scratch', not {base!r}"
+        )
+        return None
+    return base
+
+
+def _model(entry: object, index: int, prefix: str, problems: list[str]) -> ModelSpec | None:
     if not isinstance(entry, dict):
         problems.append(f"model {index}: [[models]] entries must be tables")
         return None
     repo_id = entry.get("id")
     where = f"model {index} ({repo_id})" if isinstance(repo_id, str) else f"model {index}"
-    fields = {"id", "name", "revision", "repository", "tag", "compute_type", "timeout_minutes", "include", "exclude"}
+    fields = {
+        "id", "name", "revision", "repository", "tag", "compute_type", "timeout_minutes", "include", "exclude", "base"
+    }
     _unknown(entry, fields, where, problems)
     if "id" not in entry:
         problems.append(f"{where}: missing required key 'id' (the HuggingFace repo id, org/name)")
         return None
     read = _Reader(entry, where, problems)
     repo_id = read.text("id", "", _REPO_ID, "a HuggingFace repo id, org/name")
+    budget = MAX_PROJECT_NAME - len(prefix) - 1
     name = read.text(
-        "name", slug(repo_id), _NAME, "letters, digits, - and _ (the CodeBuild project is <prefix>-<name>)"
+        "name",
+        short_name(repo_id, budget),
+        _NAME,
+        "letters, digits, - and _ (the CodeBuild project is <prefix>-<name>)",
     )
+    if len(name) > budget:
+        problems.append(
+            f"{where}: name {name!r} is {len(name)} characters; with the prefix the CodeBuild project name may have "
+            f"{budget}: choose a shorter name"
+        )
     repository = read.text(
         "repository",
         f"{DEFAULT_REPOSITORY_PREFIX}/{slug(repo_id)}",
@@ -206,6 +264,7 @@ def _model(entry: object, index: int, problems: list[str]) -> ModelSpec | None:
         timeout_minutes=read.integer("timeout_minutes", None, MIN_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES),
         include=read.globs("include"),
         exclude=read.globs("exclude"),
+        base=_base(read),
     )
 
 

@@ -7,15 +7,26 @@ the build log.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
-from ocimodel.aws.session import aws_call, error_code
+from ocimodel.aws.session import Clock, aws_call, error_code, retry_while
+
+#: A force-deleted secret (teardown's) lingers while Secrets Manager deletes it in the background, and its name
+#: cannot be reused until then: usually seconds.
+DELETION_WAIT_SECONDS = 120.0
+DELETION_DELAY_SECONDS = 2.0
 
 
-def store(secrets: Any, name: str, token: str) -> str:
+def still_deleting(exc: Exception) -> bool:
+    message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return error_code(exc) == "InvalidRequestException" and "deletion" in message
+
+
+def store(secrets: Any, name: str, token: str, clock: Clock = Clock()) -> str:
     """Put ``token`` in secret ``name``, creating it (tagged as ocimodel's) if needed; ``created`` or ``updated``."""
     with aws_call(f"store the HF token in secret {name}"):
         try:
@@ -23,11 +34,15 @@ def store(secrets: Any, name: str, token: str) -> str:
         except ClientError as exc:
             if error_code(exc) != "ResourceNotFoundException":
                 raise
-            secrets.create_secret(
+            create = partial(
+                secrets.create_secret,
                 Name=name,
                 SecretString=token,
                 Description="HuggingFace token read by ocimodel's CodeBuild builds",
                 Tags=[{"Key": k, "Value": v} for k, v in p.tags_dict().items()],
+            )
+            retry_while(
+                create, still_deleting, seconds=DELETION_WAIT_SECONDS, delay=DELETION_DELAY_SECONDS, clock=clock
             )
             return "created"
         if "DeletedDate" in described:

@@ -11,6 +11,8 @@ allowed exactly their repositories and log groups.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -36,7 +38,14 @@ ECR_PUSH_ACTIONS = (
     "ecr:PutImage",
     "ecr:UploadLayerPart",
 )
-ECR_PULL_ACTIONS = ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
+ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
+#: IAM's quotas, in characters not counting whitespace: a role's trust policy, and all its inline policies together.
+TRUST_POLICY_MAX = 2048
+INLINE_POLICIES_MAX = 10240
+#: CodeBuild's limit on a project's description.
+DESCRIPTION_MAX = 255
+#: The manifest annotation in which a build records the options that shaped its image (``options_fingerprint``).
+OPTIONS_ANNOTATION = "io.ocimodel.build.options"
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,13 @@ class Account:
     id: str
     region: str
     partition: str = "aws"
+    #: ``AWS_USE_FIPS_ENDPOINT`` (or ``use_fips_endpoint`` in the AWS config): builds push to ECR's FIPS endpoint.
+    fips: bool = False
 
     @property
     def registry(self) -> str:
         suffix = "amazonaws.com.cn" if self.partition == "aws-cn" else "amazonaws.com"
-        return f"{self.id}.dkr.ecr.{self.region}.{suffix}"
+        return f"{self.id}.dkr.{'ecr-fips' if self.fips else 'ecr'}.{self.region}.{suffix}"
 
     def arn(self, service: str, resource: str, *, region: str | None = None, account: str | None = None) -> str:
         region = self.region if region is None else region
@@ -88,14 +99,17 @@ class Names:
     def project(self, model: ModelSpec) -> str:
         return f"{self.settings.prefix}-{model.name}"
 
-    def project_arn(self, model: ModelSpec) -> str:
-        return self.account.arn("codebuild", f"project/{self.project(model)}")
+    @property
+    def projects_arn(self) -> str:
+        """Every project bootstrap names (``<prefix>-*``): one pattern, so the policies do not grow with models."""
+        return self.account.arn("codebuild", f"project/{self.settings.prefix}-*")
 
     def log_group(self, model: ModelSpec) -> str:
         return f"/aws/codebuild/{self.project(model)}"
 
-    def log_group_arn(self, model: ModelSpec) -> str:
-        return self.account.arn("logs", f"log-group:{self.log_group(model)}:*")
+    @property
+    def log_groups_arn(self) -> str:
+        return self.account.arn("logs", f"log-group:/aws/codebuild/{self.settings.prefix}-*:*")
 
     def repository_arn(self, model: ModelSpec) -> str:
         return self.account.arn("ecr", f"repository/{model.repository}")
@@ -183,14 +197,42 @@ def lifecycle_policy(settings: AwsSettings) -> dict[str, Any]:
     }
 
 
+def tag_list(key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    """The managed tag as the AWS APIs spell a tag list (ECR, IAM: ``Key``/``Value``; CodeBuild: ``key``/``value``)."""
+    return [{key: k, value: v} for k, v in tags_dict().items()]
+
+
+def repository_request(settings: AwsSettings, model: ModelSpec) -> dict[str, Any]:
+    return {
+        "repositoryName": model.repository,
+        "imageTagMutability": settings.tag_mutability,
+        "imageScanningConfiguration": {"scanOnPush": True},
+        "encryptionConfiguration": repository_encryption(settings),
+        "tags": tag_list(),
+    }
+
+
+def role_request(names: Names) -> dict[str, Any]:
+    return {
+        "RoleName": names.role,
+        "AssumeRolePolicyDocument": policy_text(trust_policy(names)),
+        "Description": "ocimodel: CodeBuild builds of models into ECR",
+        "Tags": tag_list(),
+    }
+
+
 def repository_encryption(settings: AwsSettings) -> dict[str, str]:
     if settings.encryption == "KMS":
         return {"encryptionType": "KMS", **({"kmsKey": settings.kms_key} if settings.kms_key else {})}
     return {"encryptionType": "AES256"}
 
 
-def trust_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
-    """CodeBuild may assume the role, for these projects of this account only (the confused-deputy guard)."""
+def trust_policy(names: Names) -> dict[str, Any]:
+    """CodeBuild may assume the role for this prefix's projects of this account only (the confused-deputy guard).
+
+    One ``<prefix>-*`` pattern rather than one ARN per model: a list passed IAM's 2,048-character trust-policy
+    limit at about 21 models.
+    """
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -200,7 +242,7 @@ def trust_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
                 "Action": "sts:AssumeRole",
                 "Condition": {
                     "StringEquals": {"aws:SourceAccount": names.account.id},
-                    "ArnLike": {"aws:SourceArn": sorted(names.project_arn(m) for m in models)},
+                    "ArnLike": {"aws:SourceArn": names.projects_arn},
                 },
             }
         ],
@@ -211,32 +253,57 @@ def role_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
     """What a build does and nothing more: log, log in to ECR, push its repository, read the token and the wheel.
 
     Only ``ecr:GetAuthorizationToken`` has ``Resource: "*"``: it names no resource, so IAM accepts nothing else.
-    Log groups are created by bootstrap (with their retention), so the role cannot create any.
+    Log groups are created by bootstrap (with their retention), so the role cannot create any. The repositories
+    are listed one by one while the policy stays within IAM's limit, else by namespace (``repository_patterns``).
     """
+    statements = _role_statements(names, models, sorted({names.repository_arn(m) for m in models}))
+    if policy_size({"Version": "2012-10-17", "Statement": statements}) > INLINE_POLICIES_MAX:
+        statements = _role_statements(names, models, repository_patterns(names, models))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def repository_patterns(names: Names, models: tuple[ModelSpec, ...]) -> list[str]:
+    """The repositories as few ARNs as a large config needs: ``<namespace>/*`` per namespace, those without one
+    listed. Used only when listing every repository would pass IAM's 10,240-character limit (from about 76 models
+    with 120-character repository ARNs; later with shorter ones)."""
+    arns = set()
+    for model in models:
+        namespace, _, _ = model.repository.rpartition("/")
+        arns.add(names.account.arn("ecr", f"repository/{namespace}/*") if namespace else names.repository_arn(model))
+    return sorted(arns)
+
+
+def _role_statements(names: Names, models: tuple[ModelSpec, ...], repositories: list[str]) -> list[dict[str, Any]]:
+    bucket = f"arn:{names.account.partition}:s3:::{names.bucket}"
     statements: list[dict[str, Any]] = [
         {
             "Sid": "BuildLogs",
             "Effect": "Allow",
             "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": sorted(names.log_group_arn(m) for m in models),
+            "Resource": names.log_groups_arn,
         },
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-        {
-            "Sid": "EcrPush",
-            "Effect": "Allow",
-            "Action": list(ECR_PUSH_ACTIONS),
-            "Resource": sorted(names.repository_arn(m) for m in models),
-        },
+        {"Sid": "EcrPush", "Effect": "Allow", "Action": list(ECR_PUSH_ACTIONS), "Resource": repositories},
         {
             "Sid": "BuildSource",
             "Effect": "Allow",
             "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-            "Resource": f"arn:{names.account.partition}:s3:::{names.bucket}/{SOURCE_KEY}",
+            "Resource": f"{bucket}/{SOURCE_KEY}",
+        },
+        # CodeBuild checks who owns a source bucket and where it is before it reads the object (AWS's minimal
+        # CodeBuild service-role policy lists both).
+        {
+            "Sid": "BuildSourceBucket",
+            "Effect": "Allow",
+            "Action": ["s3:GetBucketAcl", "s3:GetBucketLocation"],
+            "Resource": bucket,
         },
     ]
-    base = _ecr_base_repository(names)
-    if base is not None:
-        statements.append({"Sid": "BaseImage", "Effect": "Allow", "Action": list(ECR_PULL_ACTIONS), "Resource": base})
+    pulls = sorted({arn for arn in (_ecr_repository(names, ref) for ref in _pulled_images(names, models)) if arn})
+    if pulls:
+        statements.append(
+            {"Sid": "BaseImage", "Effect": "Allow", "Action": list(ECR_PULL_ACTIONS), "Resource": _one_or_list(pulls)}
+        )
     if names.settings.hf_token:
         statements.append(
             {
@@ -246,15 +313,52 @@ def role_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
                 "Resource": names.secret_arn_pattern,
             }
         )
-    return {"Version": "2012-10-17", "Statement": statements}
+    return statements
 
 
-def _ecr_base_repository(names: Names) -> str | None:
-    """The repository ARN of a base image kept in a private ECR registry, which the builds must be let pull."""
-    base = names.settings.base
-    if not base or base == "scratch":
-        return None
-    host, _, rest = base.partition("/")
+def _one_or_list(values: list[str]) -> str | list[str]:
+    return values[0] if len(values) == 1 else values
+
+
+def policy_size(document: dict[str, Any]) -> int:
+    """Characters IAM counts against its quotas: the document without whitespace."""
+    return len(policy_text(document))
+
+
+def policy_text(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"))
+
+
+def check_policy_sizes(names: Names, models: tuple[ModelSpec, ...]) -> None:
+    """Refuse, before any AWS call, policies IAM would refuse after the steps before them had run."""
+    trust, inline = policy_size(trust_policy(names)), policy_size(role_policy(names, models))
+    if trust > TRUST_POLICY_MAX:
+        raise OcimodelError(f"the role's trust policy would be {trust} characters, over IAM's {TRUST_POLICY_MAX}")
+    if inline > INLINE_POLICIES_MAX:
+        raise OcimodelError(
+            f"the role's policy would be {inline} characters, over IAM's {INLINE_POLICIES_MAX}: put the models' "
+            "repositories under a few namespaces (e.g. kserve-models/…), or split the models over two configs "
+            "with different prefixes"
+        )
+
+
+def model_base(settings: AwsSettings, model: ModelSpec) -> str | None:
+    """The model's own base, else the config's; None keeps ocimodel's default."""
+    return model.base or settings.base
+
+
+def _pulled_images(names: Names, models: tuple[ModelSpec, ...]) -> list[str]:
+    """The images the builds pull through the role: bases, and a custom build image (``SERVICE_ROLE``)."""
+    bases = [model_base(names.settings, m) for m in models]
+    images = [b for b in bases if b and b != "scratch"]
+    if not names.settings.curated_image:
+        images.append(names.settings.image)
+    return images
+
+
+def _ecr_repository(names: Names, image: str) -> str | None:
+    """The repository ARN of an image kept in a private ECR registry, which the builds must be let pull."""
+    host, _, rest = image.partition("/")
     ecr = parse_ecr(host)
     if ecr is None:
         return None
@@ -270,6 +374,13 @@ PUBLIC_ACCESS_BLOCK = {
 }
 
 
+def options_fingerprint(settings: AwsSettings, model: ModelSpec) -> str:
+    """What, besides the Hub commit, decides a build's image: recorded in it, so ``aws build`` can tell, by reading
+    one manifest, whether an immutable tag already holds this build."""
+    options = {"id": model.id, "base": model_base(settings, model), "include": model.include, "exclude": model.exclude}
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def build_command(settings: AwsSettings, model: ModelSpec) -> str:
     """``ocimodel build`` from the Hub to ECR; the per-model values come from the buildspec's variables."""
     words = [
@@ -277,9 +388,12 @@ def build_command(settings: AwsSettings, model: ModelSpec) -> str:
         '"$OCIMODEL_REGISTRY/$OCIMODEL_REPOSITORY:$OCIMODEL_TAG"',
         "--revision",
         '"$OCIMODEL_REVISION"',
+        "--annotation",
+        f"{OPTIONS_ANNOTATION}={options_fingerprint(settings, model)}",
     ]
-    if settings.base:
-        words += ["--base", shlex.quote(settings.base)]
+    base = model_base(settings, model)
+    if base:
+        words += ["--base", shlex.quote(base)]
     words += [part for glob in model.include for part in ("--include", shlex.quote(glob))]
     words += [part for glob in model.exclude for part in ("--exclude", shlex.quote(glob))]
     return " ".join(["python3 -m ocimodel build", *words, "--json"])
@@ -310,12 +424,14 @@ def buildspec_document(plan: Plan, build: ModelBuild) -> dict[str, Any]:
     }
     if settings.hf_token:
         env["secrets-manager"] = {"HF_TOKEN": names.secret}
+    # runtime-versions exists only in CodeBuild's curated images; a custom image brings its own python3.
+    runtime = {"runtime-versions": {"python": settings.python}} if settings.curated_image else {}
     return {
         "version": 0.2,
         "env": env,
         "phases": {
             "install": {
-                "runtime-versions": {"python": settings.python},
+                **runtime,
                 "commands": [
                     'echo "$OCIMODEL_WHEEL_SHA256  $OCIMODEL_WHEEL" | sha256sum --check --strict',
                     'python3 -m pip install --disable-pip-version-check --no-cache-dir "./$OCIMODEL_WHEEL"',
@@ -335,7 +451,9 @@ def project_request(plan: Plan, build: ModelBuild) -> dict[str, Any]:
     model, names = build.model, plan.names
     return {
         "name": names.project(model),
-        "description": f"ocimodel build of {model.id}@{model.revision} into {model.repository}:{model.tag}",
+        "description": _cut(
+            f"ocimodel build of {model.id}@{model.revision} into {model.repository}:{model.tag}", DESCRIPTION_MAX
+        ),
         "source": {"type": "S3", "location": f"{names.bucket}/{SOURCE_KEY}", "buildspec": buildspec(plan, build)},
         "artifacts": {"type": "NO_ARTIFACTS"},
         "environment": {
@@ -344,7 +462,8 @@ def project_request(plan: Plan, build: ModelBuild) -> dict[str, Any]:
             "computeType": build.compute_type,
             # ocimodel needs no Docker daemon, so the build gets no privileges.
             "privilegedMode": False,
-            "imagePullCredentialsType": "CODEBUILD",
+            # CodeBuild pulls its curated images itself; any other image only with the role (ECR, or a registry).
+            "imagePullCredentialsType": "CODEBUILD" if plan.settings.curated_image else "SERVICE_ROLE",
         },
         "serviceRole": names.role_arn,
         "timeoutInMinutes": build.timeout_minutes,
@@ -352,8 +471,12 @@ def project_request(plan: Plan, build: ModelBuild) -> dict[str, Any]:
             "cloudWatchLogs": {"status": "ENABLED", "groupName": names.log_group(model)},
             "s3Logs": {"status": "DISABLED"},
         },
-        "tags": [{"key": MANAGED_TAG[0], "value": MANAGED_TAG[1]}],
+        "tags": tag_list("key", "value"),
     }
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def project_view(project: Mapping[str, Any]) -> dict[str, Any]:
@@ -368,6 +491,7 @@ def project_view(project: Mapping[str, Any]) -> dict[str, Any]:
         "image": environment.get("image"),
         "computeType": environment.get("computeType"),
         "privilegedMode": bool(environment.get("privilegedMode")),
+        "imagePullCredentialsType": environment.get("imagePullCredentialsType", "CODEBUILD"),
         "environmentVariables": environment.get("environmentVariables") or [],
         "serviceRole": project.get("serviceRole"),
         "timeoutInMinutes": project.get("timeoutInMinutes"),

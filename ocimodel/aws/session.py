@@ -7,9 +7,10 @@ on as they are.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from ocimodel.aws.plan import Account
 from ocimodel.errors import OcimodelError
@@ -25,15 +26,21 @@ class Clients:
     codebuild: Any
     secrets: Any
     sts: Any
+    kms: Any
+    #: The AWS configuration asks for FIPS endpoints (``AWS_USE_FIPS_ENDPOINT``, ``use_fips_endpoint``).
+    fips: bool = False
 
 
 def connect(region: str | None) -> Clients:
     """Clients for ``region`` (the config's), else the region of the standard AWS chain."""
     import boto3
+    import botocore.session
     from botocore.config import Config as BotoConfig
 
     with aws_call("read the AWS configuration"):
-        session = boto3.session.Session(region_name=region)
+        core = botocore.session.get_session()
+        session = boto3.session.Session(region_name=region, botocore_session=core)
+        fips = bool(core.get_config_variable("use_fips_endpoint"))
     if not session.region_name:
         raise OcimodelError("no AWS region: set region in the [aws] table of the config, or AWS_REGION")
     config = BotoConfig(retries={"mode": "standard", "max_attempts": 6})
@@ -50,6 +57,8 @@ def connect(region: str | None) -> Clients:
         codebuild=client("codebuild"),
         secrets=client("secretsmanager"),
         sts=client("sts"),
+        kms=client("kms"),
+        fips=fips,
     )
 
 
@@ -57,7 +66,7 @@ def whoami(clients: Clients) -> Account:
     with aws_call("identify the AWS account (sts get-caller-identity)"):
         identity = clients.sts.get_caller_identity()
     partition = identity["Arn"].split(":")[1]
-    return Account(identity["Account"], clients.region, partition)
+    return Account(identity["Account"], clients.region, partition, clients.fips)
 
 
 def error_code(exc: BaseException) -> str:
@@ -87,3 +96,35 @@ def aws_call(doing: str) -> Iterator[None]:
         raise OcimodelError(f"cannot {doing}: AWS said {code}: {message}{hint}") from None
     except BotoCoreError as exc:
         raise OcimodelError(f"cannot {doing}: {' '.join(str(exc).split())}") from None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Time as the retries see it; tests pass one that advances without sleeping."""
+
+    now: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+def retry_while(
+    call: Callable[[], T],
+    transient: Callable[[Exception], bool],
+    *,
+    seconds: float,
+    delay: float,
+    clock: Clock,
+) -> T:
+    """``call()``, again after ``delay`` seconds (doubling, up to 30) while it fails ``transient``ly, for at most
+    ``seconds``; then its last failure. For AWS's eventual consistency: IAM roles, deleted secrets."""
+    deadline = clock.now() + seconds
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc) or clock.now() + delay > deadline:
+                raise
+        clock.sleep(delay)
+        delay = min(delay * 2, 30.0)

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ocimodel.errors import OcimodelError
+from ocimodel.units import human_size
 
 if TYPE_CHECKING:
     from ocimodel.aws.config import ModelSpec
+    from ocimodel.source import Filters
+    from ocimodel.source.hub import HubSource
 
 GB = 1000**3
 
@@ -83,23 +86,54 @@ def hub_size(model: ModelSpec) -> int:
 
     Only metadata is fetched. A gated model's file list is public, so no token is needed for it.
     """
-    from huggingface_hub import constants
-
-    from ocimodel.source import Filters
-    from ocimodel.source.hub import HubSource
-
-    if constants.is_offline_mode():
-        raise OcimodelError(
-            f"model {model.id}: HF_HUB_OFFLINE is set, so its size on the Hub is unknown; unset it, or set "
-            "compute_type and timeout_minutes for this model"
-        )
-    # Online, the source always lists the repo's files.
-    listing = HubSource.open(model.id, revision=model.revision).listing or ()
-    filters = Filters(model.include, model.exclude)
-    sizes = [f.size for f in listing if filters.allows(f.path)]
+    listing = _open(model).listing or ()  # online, the source always lists the repo's files
+    sizes = [f.size for f in listing if _filters(model).allows(f.path)]
     if not sizes:
         raise OcimodelError(
             f"model {model.id}: no file at {model.revision} matches its include/exclude (it has "
             f"{len(listing)}): check the globs"
         )
     return sum(sizes)
+
+
+def hub_commit(model: ModelSpec) -> str:
+    """The commit the model's revision names now, once the layers ``ocimodel build`` will make of it are known to
+    fit ECR (from the Hub's listing: nothing is downloaded).
+
+    A layer over ECR's 52,000 MiB is refused here, naming its file: ECR would refuse it only after the build had
+    downloaded and sent everything before it.
+    """
+    from ocimodel.layout.plan import plan_layers
+    from ocimodel.layout.tarlayer import tar_size
+    from ocimodel.verify import LAYER_MAX_BYTES
+
+    source = _open(model)
+    layers = plan_layers(source.planned(_filters(model)))
+    for layer in layers:
+        size = tar_size(layer.members())
+        if size > LAYER_MAX_BYTES:
+            largest = max(layer.files, key=lambda f: f.size)
+            raise OcimodelError(
+                f"model {model.id}: {largest.path} makes a layer of {human_size(size)}, over ECR's maximum of "
+                f"{human_size(LAYER_MAX_BYTES)}: ECR would refuse it; leave it out with exclude"
+            )
+    return source.commit
+
+
+def _filters(model: ModelSpec) -> Filters:
+    from ocimodel.source import Filters
+
+    return Filters(model.include, model.exclude)
+
+
+def _open(model: ModelSpec) -> HubSource:
+    from huggingface_hub import constants
+
+    from ocimodel.source.hub import HubSource
+
+    if constants.is_offline_mode():
+        raise OcimodelError(
+            f"model {model.id}: HF_HUB_OFFLINE is set, so the Hub cannot say what files it has; unset it (for "
+            "bootstrap, setting compute_type and timeout_minutes for this model also does)"
+        )
+    return HubSource.open(model.id, revision=model.revision)

@@ -1,7 +1,8 @@
 """``ocimodel aws teardown``: remove what bootstrap made for a config, in the reverse order of its making.
 
-Repositories hold the images KServe pulls, so they go only with ``--delete-images``. The HF token secret goes only
-if ocimodel created it (it carries our tag): a config may name a secret the user keeps for other things.
+Repositories hold the images KServe pulls, so they go only with ``--delete-images``. A role, bucket, secret or
+repository goes only if ocimodel created it (it carries our tag): a config may name things the user keeps for
+other uses.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
-from ocimodel.aws.bootstrap import find_log_group
+from ocimodel.aws.bootstrap import find_log_group, find_projects, managed
 from ocimodel.aws.config import Config, ModelSpec
 from ocimodel.aws.plan import Names
 from ocimodel.aws.session import Clients, aws_call, error_code
@@ -34,7 +35,7 @@ def steps(clients: Clients, config: Config, names: Names, delete_images: bool) -
 def _project_steps(codebuild: Any, names: Names, models: tuple[ModelSpec, ...]) -> list[Step]:
     wanted = [names.project(m) for m in models]
     with aws_call("read CodeBuild projects"):
-        found = {project["name"] for project in codebuild.batch_get_projects(names=wanted)["projects"]}
+        found = set(find_projects(codebuild, wanted))
     return [
         Step("codebuild project", name, "delete", "", partial(codebuild.delete_project, name=name))
         if name in found
@@ -59,7 +60,7 @@ def _role_step(iam: Any, names: Names) -> Step:
             if error_code(exc) != "NoSuchEntity":
                 raise
             return Step("iam role", names.role, "absent")
-        if not _managed(role.get("Tags")):
+        if not managed(role.get("Tags")):
             return Step("iam role", names.role, "keep", "not created by ocimodel")
         policies = iam.list_role_policies(RoleName=names.role)["PolicyNames"]
 
@@ -86,7 +87,7 @@ def _bucket_step(s3: Any, names: Names) -> Step:
             if error_code(exc) != "NoSuchTagSet":
                 raise
             tags = None
-    if not _managed(tags):
+    if not managed(tags):
         return Step("s3 bucket", bucket, "keep", "not created by ocimodel")
 
     def delete() -> None:
@@ -110,7 +111,7 @@ def _secret_step(secrets: Any, names: Names) -> Step:
             return Step("secret", name, "absent")
     if "DeletedDate" in described:
         return Step("secret", name, "absent", "already scheduled for deletion")
-    if not _managed(described.get("Tags")):
+    if not managed(described.get("Tags")):
         return Step("secret", name, "keep", "not created by ocimodel")
     return Step(
         "secret",
@@ -124,12 +125,15 @@ def _secret_step(secrets: Any, names: Names) -> Step:
 def _repository_step(ecr: Any, name: str, delete_images: bool) -> Step:
     with aws_call(f"read ECR repository {name}"):
         try:
-            ecr.describe_repositories(repositoryNames=[name])
+            (repository,) = ecr.describe_repositories(repositoryNames=[name])["repositories"]
         except ClientError as exc:
             if error_code(exc) != "RepositoryNotFoundException":
                 raise
             return Step("ecr repository", name, "absent")
         images = sum(len(page["imageIds"]) for page in ecr.get_paginator("list_images").paginate(repositoryName=name))
+        tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"]).get("tags")
+    if not managed(tags):
+        return Step("ecr repository", name, "keep", f"{images} image(s); not created by ocimodel")
     if not delete_images:
         return Step("ecr repository", name, "keep", f"{images} image(s); --delete-images deletes it with them")
     return Step(
@@ -139,9 +143,3 @@ def _repository_step(ecr: Any, name: str, delete_images: bool) -> Step:
         f"with its {images} image(s)",
         lambda: ecr.delete_repository(repositoryName=name, force=True),
     )
-
-
-def _managed(tags: list[dict[str, str]] | None) -> bool:
-    """Whether AWS tags (``Key``/``Value`` pairs) mark a resource as made by bootstrap: only those are deleted."""
-    found = {t.get("Key"): t.get("Value") for t in tags or []}
-    return found.get(p.MANAGED_TAG[0]) == p.MANAGED_TAG[1]

@@ -9,12 +9,16 @@ as a start-build override would set it) and the HF token, handed over as CodeBui
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +33,7 @@ from moto.server import ThreadedMotoServer
 from ocimodel.aws import plan as p
 from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Account, Names, Plan, model_build
-from ocimodel.aws.wheel import build_wheel, bundle, source_tree
+from ocimodel.aws.wheel import bundle, installed_wheel
 from tests.harness.registry import Registry
 from tests.hub_server import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
 
@@ -72,12 +76,63 @@ def moto_server() -> Iterator[str]:
         access_log.setLevel(level)
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This repository's wheel, built the way bootstrap builds it."""
-    tree = source_tree()
-    assert tree is not None, "the tests run from a source tree"
-    return build_wheel(tree, tmp_path_factory.mktemp("wheel"), isolated=False)  # no package index in tests
+    """This ocimodel's wheel, made the way bootstrap makes it (here, from the editable install the tests run in)."""
+    name, data = installed_wheel()
+    path = tmp_path_factory.mktemp("wheel") / name
+    path.write_bytes(data)
+    return path
+
+
+def fresh_venv(path: Path) -> Path:
+    """A venv whose python sees ocimodel's dependencies (from the tests' venv, named in a ``.pth``) but not ocimodel:
+    the tests' ocimodel is an editable install, whose finder a ``.pth`` path does not load. Its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def pip_install(python: Path, wheel: Path) -> None:
+    """``pip install`` (not editable) into the venv of ``python``, from the wheel alone: no index."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ocimodel as the README installs it, ``pip install .`` (a regular, non-editable install) into a fresh venv,
+    its source tree out of sight: the venv's python."""
+    work = tmp_path_factory.mktemp("installed")
+    source = work / "source"  # a copy, so the build leaves no build/ or egg-info in the repository
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPOSITORY / name, source / name)
+    shutil.copytree(REPOSITORY / "ocimodel", source / "ocimodel", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation", "-w",
+         str(work / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    shutil.rmtree(source)
+    python = fresh_venv(work / "venv")
+    (built,) = (work / "dist").glob("ocimodel-*.whl")
+    pip_install(python, built)
+    return python
 
 
 def clean_environ() -> dict[str, str]:
@@ -246,6 +301,8 @@ def test_the_buildspec_commands_push_the_model_to_the_registry(
     annotations = pushed.json()["annotations"]
     assert annotations["org.opencontainers.image.revision"] == GATED.at("main").sha
     assert annotations["org.opencontainers.image.title"] == "acme/gated"
+    # What aws build reads to tell an immutable tag's image is this very build.
+    assert annotations[p.OPTIONS_ANNOTATION] == p.options_fingerprint(config.aws, gated)
     assert (
         pushed.json()["layers"][0]["digest"]
         == registry.fetch_manifest("library/busybox", busybox_ref.rsplit("@", 1)[1]).json()["layers"][0]["digest"]
@@ -268,12 +325,76 @@ def test_the_buildspec_commands_push_the_model_to_the_registry(
     assert tampered.returncode != 0 and "FAILED" in tampered.stdout + tampered.stderr
 
 
-def test_the_wheel_is_reproducible(wheel: Path) -> None:
-    """Every entry is dated SOURCE_DATE_EPOCH, so the same tree builds the same bytes and a second bootstrap finds
-    the uploaded source unchanged (two builds compared byte for byte cost seconds; the dates are what differed)."""
+def test_the_wheel_is_reproducible_and_its_record_true(wheel: Path) -> None:
+    """Every entry dated 1980-01-01, mode 0644, in sorted order: the same installed code makes the same bytes, so a
+    second bootstrap finds the uploaded source unchanged. Its RECORD states every file's true hash and size."""
+    assert installed_wheel()[1] == installed_wheel()[1] == wheel.read_bytes()
     with zipfile.ZipFile(wheel) as archive:
-        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
-        names = archive.namelist()
+        infos = archive.infolist()
+        assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+        assert {info.external_attr >> 16 for info in infos} == {0o644}
+        names = [info.filename for info in infos]
+        record = archive.read("ocimodel-0.1.0.dist-info/RECORD").decode().splitlines()
+        for line in record[:-1]:
+            name, digest, size = line.rsplit(",", 2)
+            data = archive.read(name)
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert (digest, int(size)) == (f"sha256={expected}", len(data)), name
+    assert names[-1] == "ocimodel-0.1.0.dist-info/RECORD" and record[-1] == "ocimodel-0.1.0.dist-info/RECORD,,"
+    assert sorted(n.split(",")[0] for n in record) == sorted(names)
     assert "ocimodel/aws/cli.py" in names and "ocimodel/cli.py" in names
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
-    assert bundle(wheel).data == bundle(wheel).data
+
+
+def test_bootstrap_works_from_a_regular_install_and_uploads_its_wheel_once(
+    installed: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's ``pip install .`` has no source tree to build a wheel from: bootstrap makes the builds' wheel
+    from the installed distribution, the same bytes each run, and that wheel installs and runs."""
+    where = subprocess.run(
+        [str(installed), "-c", "import ocimodel, importlib.metadata as m; print(ocimodel.__file__);"
+         "print(m.distribution('ocimodel').read_text('direct_url.json') or '')"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout
+    assert where.startswith(str(installed.parent.parent)), where  # the venv's copy, not the repository's
+    assert "dir_info" not in where  # pip's record of an editable (or in-place) install
+
+    config = tmp_path / "models.toml"
+    config.write_text(CONFIG)
+    command = [str(installed.parent / "ocimodel"), "aws", "bootstrap", "--config", str(config)]
+
+    def run(*extra: str) -> str:
+        result = subprocess.run(
+            [*command, *extra], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+        return ok(result)
+
+    s3 = client(env, "s3")
+    dry = run("--dry-run")
+    assert last_line(dry) == "dry run: 9 would create, 1 would upload (nothing was changed)"
+    assert s3.list_buckets()["Buckets"] == []
+    assert last_line(run()) == "bootstrap: 9 created, 1 uploaded"
+    again = run()
+    assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
+    assert "uploaded" not in again
+
+    source = s3.get_object(Bucket=f"ocimodel-{ACCOUNT}-{REGION}", Key=p.SOURCE_KEY)["Body"].read()
+    with zipfile.ZipFile(io.BytesIO(source)) as archive:
+        (name,) = archive.namelist()
+        (tmp_path / name).write_bytes(archive.read(name))
+    with zipfile.ZipFile(tmp_path / name) as made:
+        names = made.namelist()
+        metadata = made.read("ocimodel-0.1.0.dist-info/METADATA").decode()
+    assert name == "ocimodel-0.1.0-py3-none-any.whl"
+    assert "ocimodel/aws/cli.py" in names and "ocimodel-0.1.0.dist-info/entry_points.txt" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "direct_url" in n]
+    assert "Requires-Dist: boto3" in metadata
+
+    # What a build does with it: pip installs it, and its ocimodel runs.
+    build_python = fresh_venv(tmp_path / "build-venv")
+    pip_install(build_python, tmp_path / name)
+    version = subprocess.run(
+        [str(build_python), "-c", "import ocimodel.aws.cli, ocimodel; print(ocimodel.__file__)"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )
+    assert version.stdout.startswith(str(tmp_path / "build-venv"))

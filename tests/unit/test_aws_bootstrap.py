@@ -32,7 +32,7 @@ from ocimodel.aws import plan as p
 from ocimodel.aws import session as aws_session
 from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Names, Plan, model_build
-from ocimodel.aws.session import Clients, connect, whoami
+from ocimodel.aws.session import Clients, Clock, connect, whoami
 from ocimodel.aws.sizing import hub_size
 from ocimodel.aws.steps import Step, apply, summary
 from ocimodel.aws.wheel import bundle
@@ -122,8 +122,27 @@ def make_plan(clients: Clients, wheel: Path, text: str = CONFIG) -> Plan:
     return Plan(config, Names(config.aws, whoami(clients)), built, bundle(wheel))
 
 
-def run_bootstrap(clients: Clients, plan: Plan, sleep: Callable[[float], None] = lambda s: None) -> list[Step]:
-    todo = bootstrap.steps(clients, plan, sleep)
+class FakeClock:
+    """Time that passes only when slept: retries run through their whole schedule at once."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self.waits: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.time += seconds
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(now=self.now, sleep=self.sleep)
+
+
+def run_bootstrap(clients: Clients, plan: Plan, clock: Clock | None = None) -> list[Step]:
+    todo = bootstrap.steps(clients, plan, clock or FakeClock().clock)
     apply(todo)
     return todo
 
@@ -213,7 +232,7 @@ def test_bootstrap_creates_every_resource_with_its_settings(aws: Clients, wheel:
         ]
 
     role = aws.iam.get_role(RoleName=ROLE)["Role"]
-    assert role["AssumeRolePolicyDocument"] == p.trust_policy(plan.names, plan.config.models)
+    assert role["AssumeRolePolicyDocument"] == p.trust_policy(plan.names)
     policy = aws.iam.get_role_policy(RoleName=ROLE, PolicyName="ocimodel-build")["PolicyDocument"]
     assert policy == p.role_policy(plan.names, plan.config.models)
     assert aws.iam.list_role_policies(RoleName=ROLE)["PolicyNames"] == ["ocimodel-build"]
@@ -252,7 +271,7 @@ def test_hub_size_counts_only_the_files_the_model_keeps(aws: Clients) -> None:
 
 def test_hub_size_offline_says_what_to_set_instead(aws: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OcimodelError, match="HF_HUB_OFFLINE is set.*compute_type and timeout_minutes"):
+    with pytest.raises(OcimodelError, match="HF_HUB_OFFLINE is set.*unset it.*compute_type and timeout_minutes"):
         hub_size(parse_config(CONFIG, "models.toml").models[0])
 
 
@@ -325,8 +344,8 @@ def test_changed_settings_are_updated_in_place_and_then_settle(aws: Clients, whe
         ("ecr repository", "kserve-models/acme-tiny"): "update",
         ("ecr repository", "kserve-models/acme-fixed"): "update",
         ("ecr repository", "kserve-models/tiny-v1"): "create",
-        ("iam role", ROLE): "update",  # the new project may assume it
-        ("iam policy", f"{ROLE}/ocimodel-build"): "update",  # and its repository and logs are allowed
+        ("iam role", ROLE): "none",  # the trust names the prefix's projects: a new one is in it already
+        ("iam policy", f"{ROLE}/ocimodel-build"): "update",  # its repository is allowed
         ("log group", "/aws/codebuild/ocimodel-acme-tiny"): "update",
         ("log group", "/aws/codebuild/ocimodel-acme-fixed"): "update",
         ("log group", "/aws/codebuild/ocimodel-tiny-v1"): "create",
@@ -348,12 +367,10 @@ def test_changed_settings_are_updated_in_place_and_then_settle(aws: Clients, whe
     assert group["retentionInDays"] == 60
     (fixed,) = aws.codebuild.batch_get_projects(names=["ocimodel-acme-fixed"])["projects"]
     assert fixed["timeoutInMinutes"] == 45
-    trust = aws.iam.get_role(RoleName=ROLE)["Role"]["AssumeRolePolicyDocument"]
-    assert (
-        f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/ocimodel-tiny-v1"
-        in trust["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"]
-    )
-    again = bootstrap.steps(aws, plan, lambda s: None)
+    policy = aws.iam.get_role_policy(RoleName=ROLE, PolicyName="ocimodel-build")["PolicyDocument"]
+    (push,) = [s for s in policy["Statement"] if s["Sid"] == "EcrPush"]
+    assert f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/kserve-models/tiny-v1" in push["Resource"]
+    again = bootstrap.steps(aws, plan, FakeClock().clock)
     assert {s.action for s in again} == {"none", "missing"}
 
 
@@ -395,25 +412,55 @@ def test_kms_encrypted_repositories(aws: Clients, wheel: Path) -> None:
     assert repo["encryptionConfiguration"] == {"encryptionType": "KMS", "kmsKey": key}
 
 
-def test_projects_wait_for_a_new_role_to_become_assumable(aws: Clients, wheel: Path) -> None:
-    """IAM is eventually consistent: CodeBuild refuses a role it cannot assume yet, and bootstrap retries."""
-    refusals = iter([True, True])
+#: How CodeBuild has worded a role it cannot use yet; retrying must not hang on one wording.
+ROLE_REFUSALS = (
+    "CodeBuild is not authorized to perform: sts:AssumeRole on {role}",
+    "CodeBuild is unable to assume role {role}",
+    "Not authorised to perform sts:AssumeRole",
+    "The service role {role} is not authorized for this project",
+)
+
+
+def refusing_create_project(aws: Clients, clock: FakeClock, until: float) -> Callable[..., Any]:
+    """CodeBuild's create_project refusing the role, in its various wordings, until ``until`` seconds have passed."""
     real = aws.codebuild.create_project
+    calls = iter(range(1_000))
 
     def create_project(**request: Any) -> Any:
-        if next(refusals, False):
-            raise client_error(
-                "InvalidInputException",
-                f"CodeBuild is not authorized to perform: sts:AssumeRole on {request['serviceRole']}",
-                "CreateProject",
-            )
+        if clock.now() < until:
+            wording = ROLE_REFUSALS[next(calls) % len(ROLE_REFUSALS)]
+            raise client_error("InvalidInputException", wording.format(role=request["serviceRole"]), "CreateProject")
         return real(**request)
 
-    waits: list[float] = []
-    clients = replace(aws, codebuild=Wrapped(aws.codebuild, create_project=create_project))
-    run_bootstrap(clients, make_plan(aws, wheel), waits.append)
-    assert waits == [bootstrap.ROLE_PROPAGATION_DELAY_SECONDS] * 2
+    return create_project
+
+
+def test_projects_wait_for_a_new_role_to_become_assumable(aws: Clients, wheel: Path) -> None:
+    """IAM is eventually consistent: CodeBuild refuses a role it cannot use yet, in several wordings, for minutes
+    at worst, and bootstrap retries for up to three."""
+    fake = FakeClock()
+    clients = replace(aws, codebuild=Wrapped(aws.codebuild, create_project=refusing_create_project(aws, fake, 150)))
+    run_bootstrap(clients, make_plan(aws, wheel), fake.clock)
     assert sorted(aws.codebuild.list_projects()["projects"]) == sorted(PROJECTS)
+    assert 150 <= fake.time <= bootstrap.ROLE_PROPAGATION_SECONDS
+    assert fake.waits[0] == bootstrap.ROLE_PROPAGATION_DELAY_SECONDS and max(fake.waits) <= 30
+
+
+def test_a_role_never_usable_fails_after_three_minutes_and_other_refusals_at_once(aws: Clients, wheel: Path) -> None:
+    fake = FakeClock()
+    clients = replace(aws, codebuild=Wrapped(aws.codebuild, create_project=refusing_create_project(aws, fake, 1e9)))
+    with pytest.raises(OcimodelError, match="^cannot create codebuild project ocimodel-acme-tiny: AWS said Invalid"):
+        run_bootstrap(clients, make_plan(aws, wheel), fake.clock)
+    assert bootstrap.ROLE_PROPAGATION_SECONDS - 30 <= fake.time <= bootstrap.ROLE_PROPAGATION_SECONDS
+
+    def bad_input(**request: Any) -> Any:
+        raise client_error("InvalidInputException", "Invalid compute type", "CreateProject")
+
+    fake = FakeClock()
+    clients = replace(aws, codebuild=Wrapped(aws.codebuild, create_project=bad_input))
+    with pytest.raises(OcimodelError, match="Invalid compute type"):
+        run_bootstrap(clients, make_plan(aws, wheel), fake.clock)
+    assert fake.waits == []
 
 
 def test_a_bucket_name_taken_by_another_account_is_explained(aws: Clients, wheel: Path) -> None:
@@ -629,14 +676,14 @@ def test_the_cli_prints_the_uri_from_ecr_when_the_log_has_none(
     run_bootstrap(aws, make_plan(aws, wheel))
     hftoken.store(aws.secrets, "ocimodel/hf-token", TOKEN)
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []})
-    digest = aws.ecr.put_image(repositoryName="kserve-models/acme-fixed", imageManifest=manifest, imageTag="latest")[
+    digest = aws.ecr.put_image(repositoryName="kserve-models/acme-tiny", imageManifest=manifest, imageTag="latest")[
         "image"
     ]["imageId"]["imageDigest"]
     fake = FakeBuild(aws, batches=[[]], statuses=[builds.SUCCEEDED])
     monkeypatch.setattr(aws_session, "connect", lambda region: fake.wrap())
-    result = invoke("aws", "build", "acme-fixed", "--config", str(config_file), "--poll-interval", "0")
+    result = invoke("aws", "build", "acme-tiny", "--config", str(config_file), "--poll-interval", "0")
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"oci://{REGISTRY}/kserve-models/acme-fixed@{digest}\n"
+    assert result.stdout == f"oci://{REGISTRY}/kserve-models/acme-tiny@{digest}\n"
 
 
 def test_build_no_follow_prints_the_build_id(aws: Clients, wheel: Path, config_file: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shlex
 import zipfile
 from pathlib import Path
@@ -158,6 +159,13 @@ exclude = ["original/*"]
         ('[aws]\ntag_mutability = "SOMETIMES"\n[[models]]\nid = "a/b"\n', ["[aws]", "tag_mutability"]),
         ('[aws]\nprefix = "Has_Upper"\n[[models]]\nid = "a/b"\n', ["[aws]", "prefix"]),
         ('[aws]\nbase = "busybox:latest"\n[[models]]\nid = "a/b"\n', ["[aws]", "base", "digest"]),
+        ('[[models]]\nid = "a/b"\nbase = "busybox:latest"\n', ["model 1 (a/b)", "base", "digest"]),
+        ('[aws]\npython = "3.9"\n[[models]]\nid = "a/b"\n', ["[aws]", "python = '3.9'", "3.11 or newer"]),
+        (
+            '[aws]\nimage = "public.ecr.aws/acme/builder:1"\npython = "3.12"\n[[models]]\nid = "a/b"\n',
+            ["[aws]", "python applies to CodeBuild's curated images", "drop it"],
+        ),
+        ('[[models]]\nid = "a/b"\nname = "' + "n" * 142 + '"\n', ["model 1 (a/b)", "142 characters", "141"]),
         ('[aws]\nregion = "us-east-1"\n', ["no [[models]]"]),
         ('[[models]]\nid = "a/b"\n[extra]\nx = 1\n', ["top level", "unknown key 'extra'"]),
         ("[[models]\n", ["not valid TOML"]),
@@ -274,10 +282,7 @@ def test_role_policy_is_least_privilege() -> None:
         "Sid": "BuildLogs",
         "Effect": "Allow",
         "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-        "Resource": [
-            "arn:aws:logs:us-east-1:123456789012:log-group:/aws/codebuild/ocimodel-acme-one:*",
-            "arn:aws:logs:us-east-1:123456789012:log-group:/aws/codebuild/ocimodel-acme-two:*",
-        ],
+        "Resource": "arn:aws:logs:us-east-1:123456789012:log-group:/aws/codebuild/ocimodel-*:*",
     }
     assert statements["HfToken"]["Action"] == "secretsmanager:GetSecretValue"
     assert (
@@ -289,7 +294,10 @@ def test_role_policy_is_least_privilege() -> None:
         statements["BuildSource"]["Resource"]
         == "arn:aws:s3:::ocimodel-123456789012-us-east-1/codebuild/ocimodel-source.zip"
     )
-    assert set(statements) == {"BuildLogs", "EcrLogin", "EcrPush", "BuildSource", "HfToken"}
+    # What AWS's minimal CodeBuild policy lists for an S3 source: who owns the bucket and where it is.
+    assert statements["BuildSourceBucket"]["Action"] == ["s3:GetBucketAcl", "s3:GetBucketLocation"]
+    assert statements["BuildSourceBucket"]["Resource"] == "arn:aws:s3:::ocimodel-123456789012-us-east-1"
+    assert set(statements) == {"BuildLogs", "EcrLogin", "EcrPush", "BuildSource", "BuildSourceBucket", "HfToken"}
 
 
 def test_no_token_no_secret_access_and_an_ecr_base_may_be_pulled() -> None:
@@ -300,7 +308,7 @@ def test_no_token_no_secret_access_and_an_ecr_base_may_be_pulled() -> None:
     assert statements["BaseImage"] == {
         "Sid": "BaseImage",
         "Effect": "Allow",
-        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+        "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
         "Resource": "arn:aws:ecr:eu-west-1:210987654321:repository/mirror/busybox",
     }
     assert "secrets-manager" not in p.buildspec_document(plan, plan.builds[0])["env"]
@@ -308,17 +316,12 @@ def test_no_token_no_secret_access_and_an_ecr_base_may_be_pulled() -> None:
 
 def test_trust_policy_admits_codebuild_for_these_projects_only() -> None:
     plan = make_plan(TWO_MODELS)
-    (statement,) = p.trust_policy(plan.names, tuple(b.model for b in plan.builds))["Statement"]
+    (statement,) = p.trust_policy(plan.names)["Statement"]
     assert statement["Principal"] == {"Service": "codebuild.amazonaws.com"}
     assert statement["Action"] == "sts:AssumeRole"
     assert statement["Condition"] == {
         "StringEquals": {"aws:SourceAccount": "123456789012"},
-        "ArnLike": {
-            "aws:SourceArn": [
-                "arn:aws:codebuild:us-east-1:123456789012:project/ocimodel-acme-one",
-                "arn:aws:codebuild:us-east-1:123456789012:project/ocimodel-acme-two",
-            ]
-        },
+        "ArnLike": {"aws:SourceArn": "arn:aws:codebuild:us-east-1:123456789012:project/ocimodel-*"},
     }
 
 
@@ -393,3 +396,81 @@ def test_the_source_zip_holds_the_wheel_alone_and_the_same_bytes_each_time(tmp_p
     other.write_bytes(b"")
     with pytest.raises(OcimodelError, match="not an ocimodel wheel"):
         bundle(other)
+
+
+def test_long_hub_ids_get_valid_distinct_names_within_codebuilds_limit() -> None:
+    """Hub ids run to 193 characters; ``<prefix>-<name>`` may have 150 (CodeBuild's ProjectName)."""
+    org = "o" * 96
+    ids = [f"{org}/{'m' * 90}-one", f"{org}/{'m' * 90}-two", "Org/a__b", "Org/_lead-.trail_"]
+    parsed = config("".join(f'[[models]]\nid = "{i}"\n' for i in ids))
+    names = [m.name for m in parsed.models]
+    plan = make_plan("".join(f'[[models]]\nid = "{i}"\n' for i in ids))
+    projects = [plan.names.project(m) for m in parsed.models]
+    assert all(len(x) <= 150 and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-_]{1,149}", x) for x in projects)
+    assert len(set(names)) == 4 and len(projects[0]) == 150
+    assert names[2:] == ["org-a__b", "org-lead--trail"]  # what ECR accepts is kept
+    assert names[0] == config(f'[[models]]\nid = "{ids[0]}"\n').models[0].name  # stable across runs
+    assert all(re.fullmatch(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*",
+                            m.repository) for m in parsed.models)
+    long_revision = make_plan(f'[[models]]\nid = "{ids[0]}"\nrevision = "{"r" * 200}"\n')
+    assert len(p.project_request(long_revision, long_revision.builds[0])["description"]) == 255
+
+
+def test_a_custom_build_image_is_pulled_with_the_role_and_has_no_runtime_versions() -> None:
+    image = "210987654321.dkr.ecr.us-east-1.amazonaws.com/builders/python:3.12"
+    plan = make_plan(f'[aws]\nimage = "{image}"\n' + TWO_MODELS)
+    request = p.project_request(plan, plan.builds[0])
+    assert request["environment"]["image"] == image
+    assert request["environment"]["imagePullCredentialsType"] == "SERVICE_ROLE"
+    assert "runtime-versions" not in yaml.safe_load(p.buildspec(plan, plan.builds[0]))["phases"]["install"]
+    statements = {s["Sid"]: s for s in p.role_policy(plan.names, tuple(b.model for b in plan.builds))["Statement"]}
+    assert statements["BaseImage"]["Resource"] == "arn:aws:ecr:us-east-1:210987654321:repository/builders/python"
+    curated = make_plan(TWO_MODELS)
+    assert p.project_request(curated, curated.builds[0])["environment"]["imagePullCredentialsType"] == "CODEBUILD"
+
+
+def test_a_models_base_wins_over_the_configs_and_its_repository_may_be_pulled() -> None:
+    team = "111122223333.dkr.ecr.us-east-1.amazonaws.com/mirror/busybox@sha256:" + "a" * 64
+    own = "111122223333.dkr.ecr.us-east-1.amazonaws.com/mirror/alpine@sha256:" + "b" * 64
+    plan = make_plan(f'[aws]\nbase = "{team}"\n[[models]]\nid = "a/one"\nbase = "{own}"\n[[models]]\nid = "a/two"\n')
+    one, two = (shlex.split(yaml.safe_load(p.buildspec(plan, b))["phases"]["build"]["commands"][0])
+                for b in plan.builds)
+    assert one[one.index("--base") + 1] == own and two[two.index("--base") + 1] == team
+    assert p.options_fingerprint(plan.settings, plan.builds[0].model) != p.options_fingerprint(
+        plan.settings, plan.builds[1].model
+    )
+    statements = {s["Sid"]: s for s in p.role_policy(plan.names, tuple(b.model for b in plan.builds))["Statement"]}
+    assert statements["BaseImage"]["Resource"] == [
+        "arn:aws:ecr:us-east-1:111122223333:repository/mirror/alpine",
+        "arn:aws:ecr:us-east-1:111122223333:repository/mirror/busybox",
+    ]
+
+
+def test_the_registry_host_follows_fips() -> None:
+    fips = Account("123456789012", "us-east-1", fips=True)
+    assert fips.registry == "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"
+    china = Account("123456789012", "cn-north-1", "aws-cn")
+    assert china.registry == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
+
+
+def test_policies_list_repositories_until_iam_would_refuse_then_their_namespaces() -> None:
+    few = make_plan("".join(f'[[models]]\nid = "acme/model-{i}"\n' for i in range(30)))
+    few_models = tuple(b.model for b in few.builds)
+    (push,) = [s for s in p.role_policy(few.names, few_models)["Statement"] if s["Sid"] == "EcrPush"]
+    assert len(push["Resource"]) == 30
+    many = make_plan(
+        "".join(f'[[models]]\nid = "acme/model-{i}-with-a-long-name-instruct"\n' for i in range(200))
+        + '[[models]]\nid = "acme/own"\nrepository = "standalone"\n'
+    )
+    models = tuple(b.model for b in many.builds)
+    (push,) = [s for s in p.role_policy(many.names, models)["Statement"] if s["Sid"] == "EcrPush"]
+    assert push["Resource"] == [
+        "arn:aws:ecr:us-east-1:123456789012:repository/kserve-models/*",
+        "arn:aws:ecr:us-east-1:123456789012:repository/standalone",
+    ]
+    p.check_policy_sizes(many.names, models)
+    scattered = make_plan(
+        "".join(f'[[models]]\nid = "acme/m{i}"\nrepository = "standalone-repository-{i}"\n' for i in range(200))
+    )
+    with pytest.raises(OcimodelError, match="policy would be .* characters, over IAM's 10240: put the models"):
+        p.check_policy_sizes(scattered.names, tuple(b.model for b in scattered.builds))
