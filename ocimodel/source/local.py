@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocimodel.errors import OcimodelError
-from ocimodel.source import Filters, Provenance, SourceFile
+from ocimodel.source import FileIdentity, Filters, Provenance, SourceFile, check_model_path
 
 ALWAYS_EXCLUDED = (".git/", ".cache/huggingface/")
 
@@ -71,8 +71,11 @@ class LocalSource:
             except (RuntimeError, OSError):  # a link loop: RuntimeError before Python 3.13, OSError after
                 raise OcimodelError(f"{path} is a symlink loop; remove the link") from None
             try:
-                st: os.stat_result | None = real.stat()
+                # ``real`` has no link in it: one there now was put there since, and is not followed.
+                st: os.stat_result | None = real.stat(follow_symlinks=False)
             except FileNotFoundError:
+                if not link:
+                    continue  # deleted since the directory was listed: it is not part of the model any more
                 st = None
             except OSError as exc:
                 raise OcimodelError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -92,4 +95,5 @@ class LocalSource:
             elif not os.access(real, os.R_OK):
                 raise OcimodelError(f"cannot read {path}: permission denied; make it readable or --exclude it")
             else:
-                found.append(SourceFile(rel, real, st.st_size))
+                check_model_path(rel)
+                found.append(SourceFile(rel, real, st.st_size, identity=FileIdentity.of(st)))
