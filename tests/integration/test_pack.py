@@ -826,6 +826,40 @@ def test_fifo_in_the_source(existing: Snapshot, tmp_path: Path) -> None:
     existing.assert_unchanged()
 
 
+@pytest.mark.parametrize("name", [".wh.config.json", ".wh..wh..opq", "sub/.wh.file.txt"])
+def test_whiteout_names_are_refused(existing: Snapshot, tmp_path: Path, name: str) -> None:
+    """Unpacking ``.wh.config.json`` would delete ``config.json`` from the image (and ``.wh..wh..opq`` its folder)."""
+    source, _ = model(tmp_path)
+    (source / name).write_text("{}")
+    assert_clean_error(run_cli("pack", source, existing.layout, "--base", "scratch"), name, ".wh.")
+    existing.assert_unchanged()
+
+
+@pytest.mark.parametrize("command", ["pack", "build"])
+@pytest.mark.parametrize("where", ["source", "parent"])
+def test_layout_that_is_the_source_or_holds_it_is_refused(tmp_path: Path, command: str, where: str) -> None:
+    source, _ = model(tmp_path)
+    before = sorted(p.relative_to(source.parent) for p in source.parent.rglob("*"))
+    layout = source if where == "source" else source.parent
+    if command == "pack":
+        result = run_cli("pack", source, layout, "--base", "scratch")
+    else:  # refused before any registry is asked: port 9 (discard) is never contacted
+        result = run_cli("build", source, "127.0.0.1:9/models/m:v1", "--layout", layout, "--base", "scratch")
+    assert_clean_error(result, str(layout), "model directory")
+    assert sorted(p.relative_to(source.parent) for p in source.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["pack", "build"])
+@pytest.mark.parametrize("platforms", ["", ",", " ", " , "], ids=["empty", "comma", "space", "spaced-comma"])
+def test_an_empty_platform_list_is_refused(tmp_path: Path, command: str, platforms: str) -> None:
+    source, _ = model(tmp_path)
+    target = tmp_path / "layout" if command == "pack" else "127.0.0.1:9/models/m:v1"
+    result = run_cli(command, source, target, "--base", "scratch", "--platform", platforms)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr and "--platform" in result.stderr, explain(result)
+    assert result.stdout == "" and not (tmp_path / "layout").exists()
+
+
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
@@ -888,24 +922,16 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
 
     big = tmp_path / "big" / "big-model"
     _big_model(big)
-    process = subprocess.Popen(
-        cli_command("pack", big, layout.root, "--base", "scratch", "--jobs", "1"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
-    )
+    process = _start_big_pack(big, layout.root)
     try:
-        deadline = time.monotonic() + 60
-        while not layout.temp_files():
-            assert process.poll() is None, "pack ended before it was interrupted"
-            assert time.monotonic() < deadline, "no .upload-*.tmp appeared within 60 s"
-            time.sleep(0.002)
+        _stop_while_writing(process, layout)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    # Usually a layer's temp file is left behind; the kill may also land just after a rename, leaving none.
     stale = layout.temp_files()
-    assert all(name.startswith(".upload-") and name.endswith(".tmp") for name in stale)
+    assert stale and all(name.startswith(".upload-") and name.endswith(".tmp") for name in stale)
 
     assert (layout.root / "index.json").read_bytes() == index_before
     assert layout.entry("latest")["digest"] == old_digest
@@ -916,10 +942,74 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
     clean = OciLayout(tmp_path / "clean")
     assert pack(big, clean.root, "--jobs", "1", "--no-cache") == digest
     assert layout.entry("latest")["digest"] == digest
-    # The rerun left no temp files of its own, and every committed blob is intact.
-    assert layout.temp_files() <= stale
+    # The rerun removed what the killed run left (no process held it any more), and every committed blob is intact.
+    assert layout.temp_files() == set()
     assert clean.blob_names() <= layout.blob_names()
     for name in layout.blob_names():
         layout.blob("sha256:" + name)
     info = json.loads(run_tool(["skopeo", "--insecure-policy", "inspect", f"oci:{layout.root}:latest"]).stdout)
     assert info["Digest"] == digest
+    run_tool(["umoci", "gc", "--layout", str(layout.root)])  # refuses a layout with a stray file among the blobs
+    assert layout.entry("latest")["digest"] == digest
+
+
+def _start_big_pack(source: Path, layout: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cli_command("pack", source, layout, "--base", "scratch", "--jobs", "1"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
+    )
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    tasks = Path(f"/proc/{pid}/task")
+    # /proc/PID/task/TID/stat: "tid (comm) STATE ..."; comm may hold spaces and parentheses, the state follows the last.
+    return all(t.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] in "tT" for t in tasks.iterdir())
+
+
+def _stop_while_writing(process: subprocess.Popen[bytes], layout: OciLayout) -> None:
+    """SIGSTOP ``process`` at a moment when it has a blob temp file: a signal sent next lands mid-write for sure."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, "pack ended before it was interrupted"
+        assert time.monotonic() < deadline, "no stop with a .upload-*.tmp in the layout within 60 s"
+        if layout.temp_files():
+            process.send_signal(signal.SIGSTOP)
+            while not _all_threads_stopped(process.pid):
+                time.sleep(0.001)
+            if layout.temp_files():
+                return
+            process.send_signal(signal.SIGCONT)  # the temp file was renamed just before the stop: try the next one
+        time.sleep(0.002)
+
+
+def test_sigterm_stops_pack_cleanly(tmp_path: Path) -> None:
+    """CI cancelling a job sends SIGTERM: the pack removes its temp files, keeps the layout as it was, exits 143."""
+    layout = OciLayout(tmp_path / "layout")
+    old_source, old_files = model(tmp_path)
+    old_digest = pack(old_source, layout.root)
+    index_before = (layout.root / "index.json").read_bytes()
+    blobs_before = layout.blob_names()
+
+    big = tmp_path / "big" / "big-model"
+    _big_model(big)
+    process = _start_big_pack(big, layout.root)
+    try:
+        _stop_while_writing(process, layout)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout.decode(), stderr.decode())
+    assert process.returncode == 143, explain(result)
+    assert "Traceback" not in result.stderr and result.stdout == "", explain(result)
+    assert result.stderr.splitlines()[-1].startswith("ocimodel: error: terminated"), explain(result)
+    assert layout.temp_files() == set()
+    assert (layout.root / "index.json").read_bytes() == index_before
+    assert layout.entry("latest")["digest"] == old_digest
+    # Whole layers finished before the signal may stay as blobs (a rerun reuses them); nothing else was added.
+    for name in layout.blob_names() - blobs_before:
+        layout.blob("sha256:" + name)
+    run_tool(["umoci", "gc", "--layout", str(layout.root)])
+    assert image_files(layout) == old_files
