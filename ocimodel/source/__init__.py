@@ -87,8 +87,15 @@ def check_model_path(path: str) -> None:
             raise OcimodelError(f"{path!r} is not a plain relative path; it cannot go under /models")
 
 
-def pin(f: SourceFile, confine: Path | None = None) -> SourceFile:
-    """``f`` as it is on disk now: links resolved (staying inside ``confine``, when given) and its identity noted.
+def confinement(root: Path) -> Path:
+    """The folder a source's links may point into: its root, or the HF repo cache folder for a snapshot."""
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.parent.parent
+    return root
+
+
+def pin(f: SourceFile, confine: Path) -> SourceFile:
+    """``f`` as it is on disk now: links resolved (they must stay inside ``confine``) and its identity noted.
 
     For files that were not on disk when listed (a Hub file before its download): from here on, every read of it
     (a hashing pass, an upload, a retry) checks it is still this file.
@@ -99,7 +106,7 @@ def pin(f: SourceFile, confine: Path | None = None) -> SourceFile:
     except (OSError, RuntimeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symlink loop"
         raise OcimodelError(f"cannot read {f.local}: {reason}") from exc
-    if confine is not None and confine not in real.parents:
+    if confine not in real.parents:
         raise OcimodelError(f"{f.local} links to {real}, outside {confine}; remove the link")
     if not stat.S_ISREG(st.st_mode):
         raise OcimodelError(f"{f.local} is not a regular file; remove it")

@@ -40,7 +40,7 @@ from ocimodel import __version__
 from ocimodel.errors import OcimodelError
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import PlainReporter, Reporter, Task
-from ocimodel.source import Filters, Provenance, SourceFile, check_model_path, pin
+from ocimodel.source import Filters, Provenance, SourceFile, check_model_path, confinement, pin
 from ocimodel.source.local import LocalSource
 
 ANNOTATION_LICENSES = "org.opencontainers.image.licenses"
@@ -149,7 +149,7 @@ class HubSource:
                     LocalSource.from_path(self.snapshot).files(filters)]
         planned = self.planned(filters)
         self.fetch(planned)
-        return [pin(f, self.storage) for f in planned]
+        return [pin(f, confinement(self.root)) for f in planned]
 
     def planned(self, filters: Filters) -> list[SourceFile]:
         """The files ``filters`` select, from the Hub's listing alone: nothing is downloaded yet.

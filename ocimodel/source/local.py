@@ -13,16 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocimodel.errors import OcimodelError
-from ocimodel.source import FileIdentity, Filters, Provenance, SourceFile, check_model_path
+from ocimodel.source import FileIdentity, Filters, Provenance, SourceFile, check_model_path, confinement
 
 ALWAYS_EXCLUDED = (".git/", ".cache/huggingface/")
-
-
-def _confinement(root: Path) -> Path:
-    """The folder links may point into: the source, or the HF repo cache folder for a snapshot."""
-    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
-        return root.parent.parent
-    return root
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -46,7 +39,7 @@ class LocalSource:
     def files(self, filters: Filters) -> list[SourceFile]:
         filters = Filters(filters.include, (*filters.exclude, *ALWAYS_EXCLUDED))
         found: list[SourceFile] = []
-        self._walk(self.root, "", _confinement(self.root), filters, found, {self.root})
+        self._walk(self.root, "", confinement(self.root), filters, found, {self.root})
         if not found:
             raise OcimodelError(f"no files to pack in {self.root} (check --include/--exclude)")
         return sorted(found, key=lambda f: f.sort_key)

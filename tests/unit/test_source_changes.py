@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +189,48 @@ def test_build_refuses_a_file_swapped_after_listing(stub: RegistryStub, tmp_path
     client = RegistryClient(stub.host, plain_http=True, keychain=Keychain(()), retry=RetryPolicy(sleep=lambda s: None))
     with client, pytest.raises(OcimodelError, match="model.safetensors"):
         build(swapped(model, swap), parse_reference(f"{stub.host}/models/m:v1"), options, PlainReporter(), client)
+    assert not any(SECRET in blob for repo in stub.repositories.values() for blob in repo.blobs.values())
+
+
+@dataclass
+class LinkingHub:
+    """A staged source (the Hub's shape) whose download leaves a link to a file outside its folder."""
+
+    stage: Path
+    target: Path
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance(title="acme/m")
+
+    @property
+    def root(self) -> Path:
+        return self.stage
+
+    def files(self, filters: Filters) -> list[SourceFile]:
+        planned = self.planned(filters)
+        self.fetch(planned)
+        return planned
+
+    def planned(self, filters: Filters) -> list[SourceFile]:
+        return [SourceFile("model.safetensors", self.stage / "model.safetensors", self.target.stat().st_size)]
+
+    def fetch(self, files: Sequence[SourceFile], stop: threading.Event | None = None) -> None:
+        self.stage.mkdir(exist_ok=True)
+        (self.stage / "model.safetensors").symlink_to(self.target)
+
+    def release(self, files: Sequence[SourceFile]) -> None:
+        pass
+
+
+def test_build_refuses_a_downloaded_file_that_links_out_of_the_source(stub: RegistryStub, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(SECRET)
+    source = LinkingHub(tmp_path / "stage", secret)
+    options = BuildOptions(pack=PackOptions(base="scratch"), push=PushOptions(chunk_size=0))
+    client = RegistryClient(stub.host, plain_http=True, keychain=Keychain(()), retry=RetryPolicy(sleep=lambda s: None))
+    with client, pytest.raises(OcimodelError, match="model.safetensors.*outside"):
+        build(source, parse_reference(f"{stub.host}/models/m:v1"), options, PlainReporter(), client)
     assert not any(SECRET in blob for repo in stub.repositories.values() for blob in repo.blobs.values())
 
 
