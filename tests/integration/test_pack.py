@@ -920,9 +920,7 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
     old_digest = pack(old_source, layout.root)
     index_before = (layout.root / "index.json").read_bytes()
 
-    big = tmp_path / "big" / "big-model"
-    _big_model(big)
-    process = _start_big_pack(big, layout.root)
+    big, process = _start_big_pack(tmp_path, layout.root)
     try:
         _stop_while_writing(process, layout)
         process.send_signal(signal.SIGKILL)
@@ -953,11 +951,15 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
     assert layout.entry("latest")["digest"] == digest
 
 
-def _start_big_pack(source: Path, layout: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cli_command("pack", source, layout, "--base", "scratch", "--jobs", "1"),
+def _start_big_pack(tmp_path: Path, layout: Path) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A pack of 192 MiB in 64 MiB layers, one at a time: long enough to be interrupted in the middle."""
+    big = tmp_path / "big" / "big-model"
+    _big_model(big)
+    process = subprocess.Popen(
+        cli_command("pack", big, layout, "--base", "scratch", "--jobs", "1"),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
     )
+    return big, process
 
 
 def _all_threads_stopped(pid: int) -> bool:
@@ -999,9 +1001,7 @@ def test_sigterm_stops_pack_cleanly(tmp_path: Path) -> None:
     index_before = (layout.root / "index.json").read_bytes()
     blobs_before = layout.blob_names()
 
-    big = tmp_path / "big" / "big-model"
-    _big_model(big)
-    process = _start_big_pack(big, layout.root)
+    _, process = _start_big_pack(tmp_path, layout.root)
     try:
         # Not stopped first: a signal sent to a stopped process may be taken by any thread when it resumes, while
         # one sent to a running process goes to the main thread, as it does when CI cancels a job. Most of the
