@@ -41,7 +41,7 @@ from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
 from ocimodel.registry.reference import Reference
-from ocimodel.source import Source, StagedSource
+from ocimodel.source import Source, StagedSource, confinement, pin
 from ocimodel.units import human_size
 
 
@@ -179,6 +179,8 @@ def _model_layer(plan: LayerPlan, ctx: _Context, stop: threading.Event) -> tuple
     with ctx.budget.hold(plan.size, stop) if ctx.budget else nullcontext():
         if ctx.staged is not None:
             ctx.staged.fetch(plan.files, stop)
+            # Every read from here on (hashing, upload, retries) checks it is this file.
+            plan = LayerPlan(tuple(pin(f, confinement(ctx.staged.root)) for f in plan.files))
         try:
             # A cached digest was just looked up and found missing; one looked up after the fetch was not.
             layer = _send_layer(plan, ctx, digests or _cached(plan, ctx), stop, absent=digests is not None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -160,6 +161,8 @@ def _pack_options(
     from ocimodel.source import Filters
 
     platforms = tuple(dict.fromkeys(_platform(p) for p in platform.split(",") if p.strip()))
+    if not platforms:
+        raise typer.BadParameter("names no platform; give os/arch, e.g. linux/amd64", param_hint="--platform")
     return PackOptions(
         base=base or DEFAULT_BASE,
         platforms=platforms,
@@ -492,8 +495,25 @@ from ocimodel.aws.cli import aws_app  # noqa: E402
 app.add_typer(aws_app, name="aws")
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that everything unwinds as on Ctrl-C: jobs stop, temp files go.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way mistakes it for a failure.
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated
+
+
 def main() -> None:
-    """Typer handles usage errors (exit 2); our own errors become one line (exit 1)."""
+    """Typer handles usage errors (exit 2) and Ctrl-C (exit 130); our own errors become one line (exit 1).
+
+    SIGTERM (CI cancelling a job, ``docker stop``, Kubernetes) cleans up like Ctrl-C and exits 143, as a process
+    killed by it would; what a run left when it was killed outright is removed by the next run.
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except OcimodelError as exc:
@@ -501,3 +521,6 @@ def main() -> None:
             raise
         print(f"ocimodel: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except _Terminated:
+        print("ocimodel: error: terminated (SIGTERM); what was complete is kept, run again to finish", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,10 @@ class PackOptions:
     #: Config labels and manifest annotations given by the user (``--label``, ``--annotation``).
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.platforms:
+            raise OcimodelError("no platform to build for: give at least one os/arch, e.g. linux/amd64")
 
 
 def load_base(
@@ -159,15 +162,21 @@ def image_annotations(provenance: Provenance, extra: Mapping[str, str]) -> dict[
 def pack(source: Source, layout_dir: Path, options: PackOptions, reporter: Reporter) -> Descriptor:
     """Write the image for ``source`` into the layout and tag it; returns what the tag points at."""
     layout_root = layout_dir.resolve()
+    if layout_root == source.root or layout_root in source.root.parents:
+        raise OcimodelError(
+            f"layout {layout_dir} is the model directory {source.root} or holds it: the image would be written into "
+            "the model; give a layout directory outside it"
+        )
+    # A layout inside the model directory is left out of it (a repack must not pack the previous image).
     files = [f for f in source.files(options.filters) if layout_root not in f.local.parents]
+    if not files:
+        raise OcimodelError(f"every file to pack is inside the layout {layout_dir}; give a layout directory elsewhere")
     plans = plan_layers(files)
-    created = not layout_dir.exists()
     layout = Layout.create(layout_dir)
     try:
         bases = load_bases(options, layout)
     except BaseException:
-        if created:  # nothing of value was written yet: leave no empty layout where there was nothing
-            shutil.rmtree(layout_dir, ignore_errors=True)
+        layout.remove_if_unused()  # leave no empty layout where this run made one
         raise
     cache = DigestCache() if options.use_cache else None
     layers = build_layers(plans, layout, options.compression, options.jobs, reporter, cache)

@@ -27,8 +27,9 @@ def run_all(fn: Callable[[T, threading.Event], R], items: Sequence[T], jobs: int
     """``[fn(item, stop) for item in items]`` on ``jobs`` threads, results in input order."""
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=name) as pool:
-        futures = [pool.submit(fn, item, stop) for item in items]
         try:
+            # Submitting is inside: a signal that lands while a worker starts must still stop the ones started.
+            futures = [pool.submit(fn, item, stop) for item in items]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for failed in (f for f in done if f.exception() is not None):
                 failed.result()

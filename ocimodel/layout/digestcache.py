@@ -16,8 +16,10 @@ import zlib
 from pathlib import Path
 
 from ocimodel import localdb
+from ocimodel.errors import OcimodelError
 from ocimodel.layout.plan import LayerPlan
 from ocimodel.layout.tarlayer import LayerDigests
+from ocimodel.source import FileIdentity, SourceFile
 
 #: Part of every key: bump it whenever the bytes a plan produces change (tar headers, ordering, compression).
 FORMAT = "ocimodel-tar-1"
@@ -34,11 +36,19 @@ def layer_key(plan: LayerPlan, compression: str) -> str:
         if f.lfs_sha256:
             identity: list[object] = ["lfs", f.lfs_sha256, f.size]
         else:
-            st = f.local.stat()
-            identity = ["stat", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            # The file as listed: reading it later checks it is still that file, so the key names what is packed.
+            known = f.identity or _identity_now(f)
+            identity = ["stat", known.device, known.inode, known.size, known.mtime_ns, known.ctime_ns]
         files.append([f.path, *identity])
     blob = json.dumps([FORMAT, compression, _codec(compression), files], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def _identity_now(f: SourceFile) -> FileIdentity:
+    try:
+        return FileIdentity.of(f.local.stat())
+    except OSError as exc:
+        raise OcimodelError(f"cannot read {f.local}: {exc.strerror or exc}") from exc
 
 
 def _codec(compression: str) -> str:

@@ -51,7 +51,7 @@ class LayerPlan:
                 if parts[:i] not in dirs:
                     dirs.add(parts[:i])
                     entries.append((parts[:i], Member("/".join(parts[:i]))))
-            entries.append((parts, Member("/".join(parts), f.local, f.size)))
+            entries.append((parts, Member("/".join(parts), f.local, f.size, f.identity)))
         return [m for _, m in sorted(entries, key=lambda e: e[0])]
 
 

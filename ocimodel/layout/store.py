@@ -58,10 +58,92 @@ def _writing(path: Path) -> Iterator[None]:
         raise OcimodelError(f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions, then rerun") from exc
 
 
+TEMP_SUFFIX = ".tmp"
+#: The temp files this module writes start so (``atomic_write``'s with ``.<name>.``): nothing else is removed as stale.
+BLOB_TEMP_PREFIX = ".upload-"
+
+
 def _temp_file(folder: Path, prefix: str) -> tuple[int, Path]:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
-    os.fchmod(fd, FILE_MODE)
-    return fd, Path(tmp)
+    """A new temp file, locked (``flock``) for as long as this process has it open.
+
+    The lock is what tells a live writer's temp file from one left by a killed process: the kernel drops it when
+    the holder dies, and ``remove_stale_temps`` removes only files whose lock it can take. Between creating the
+    file and locking it, a cleaner can take the lock first and remove the file; the writer notices (the name no
+    longer leads to its file) and makes another.
+    """
+    while True:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=TEMP_SUFFIX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a cleaner looks at it
+            if os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False)):
+                os.fchmod(fd, FILE_MODE)
+                return fd, Path(tmp)
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; returns the ones this call made, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+            made.append(path)
+        except FileExistsError:
+            pass  # made by another process just now: not ours to remove
+    return made
+
+
+def _remove_empty_dirs(folders: list[Path]) -> bool:
+    """``rmdir`` innermost first, stopping at the first that is not empty; whether all went."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return False
+    return True
+
+
+def _is_temp(name: str, prefixes: tuple[str, ...]) -> bool:
+    return name.endswith(TEMP_SUFFIX) and name.startswith(prefixes)
+
+
+def remove_stale_temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """Remove temp files in ``folder`` whose writer is gone (killed, or the machine lost power); returns their names.
+
+    A live writer holds its file's lock, so its file is left alone; a file is removed only while this holds the
+    lock, so no writer can be using it.
+    """
+    removed = []
+    try:
+        names = [e.name for e in os.scandir(folder) if _is_temp(e.name, prefixes)]
+    except OSError:
+        return removed
+    for name in names:
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+                path.unlink()
+                removed.append(name)
+        except OSError:
+            pass  # held by a live writer, or gone already
+        finally:
+            os.close(fd)
+    return removed
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -73,7 +155,7 @@ def atomic_write(path: Path, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+                os.replace(tmp, path)  # while the lock is held: a cleaner cannot take the file away first
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -91,7 +173,7 @@ class BlobWriter:
     def __init__(self, layout: Layout, hashing: bool = True) -> None:
         self._layout = layout
         with _writing(layout.blob_dir):
-            fd, self._tmp = _temp_file(layout.blob_dir, ".upload-")
+            fd, self._tmp = _temp_file(layout.blob_dir, BLOB_TEMP_PREFIX)
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256() if hashing else None
         self.size = 0
@@ -114,15 +196,17 @@ class BlobWriter:
         with _writing(self._layout.blob_dir):
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
             if expected is not None and digest != expected:
+                self._file.close()
                 self._tmp.unlink(missing_ok=True)
                 raise DigestMismatch(f"content announced as {expected} hashes to {digest}; refusing it")
             target = self._layout.blob_path(digest)
+            # Renamed (or dropped) before closing: the file's lock keeps cleaners off it until it has its name.
             if target.exists():
                 self._tmp.unlink()
             else:
                 os.replace(self._tmp, target)
+            self._file.close()
         return digest
 
     def __enter__(self) -> BlobWriter:
@@ -142,23 +226,49 @@ class Layout:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blob_dir = root / "blobs" / "sha256"
+        #: What ``create`` made, for ``remove_if_unused``: directories (outermost first), and files with their bytes.
+        self._made_dirs: list[Path] = []
+        self._made_files: list[tuple[Path, bytes]] = []
 
     @classmethod
     def create(cls, root: Path) -> Layout:
-        """Open ``root`` as a layout, making it (and an empty index) if it does not exist yet."""
+        """Open ``root`` as a layout, making it (and an empty index) if it does not exist yet.
+
+        Temp files left by writers that were killed are removed first (see ``remove_stale_temps``).
+        """
         if root.exists() and not root.is_dir():
             raise OcimodelError(f"layout {root} exists and is not a directory; choose a directory path")
         layout = cls(root)
         try:
-            layout.blob_dir.mkdir(parents=True, exist_ok=True)
-            marker = root / "oci-layout"
-            if not marker.exists():
-                atomic_write(marker, canonical_json(LAYOUT_VERSION))
-            if not layout.index_path.exists():
-                atomic_write(layout.index_path, _index_bytes([]))
+            layout._made_dirs = _make_dirs(layout.blob_dir)
+            for name, data in (("oci-layout", canonical_json(LAYOUT_VERSION)), ("index.json", _index_bytes([]))):
+                if not (root / name).exists():
+                    atomic_write(root / name, data)
+                    layout._made_files.append((root / name, data))
         except OSError as exc:
             raise OcimodelError(f"cannot write layout {root}: {exc.strerror or exc}") from exc
+        remove_stale_temps(layout.blob_dir, (BLOB_TEMP_PREFIX,))
+        remove_stale_temps(root, (".oci-layout.", ".index.json."))
         return layout
+
+    def remove_if_unused(self) -> None:
+        """Undo ``create`` after a failure: what it made, and only while nothing else was stored there.
+
+        Another pack may have started writing into the new layout meanwhile: its blobs (and temp files) keep the
+        blob directory from being removed, and then every file and directory stays.
+        """
+        if self.blob_dir not in self._made_dirs:
+            return
+        inside = [d for d in self._made_dirs if self.root in d.parents]
+        if not _remove_empty_dirs(inside):
+            return
+        for path, data in self._made_files:
+            try:
+                if path.read_bytes() == data:
+                    path.unlink()
+            except OSError:
+                pass
+        _remove_empty_dirs([d for d in self._made_dirs if d not in inside])
 
     @classmethod
     def open(cls, root: Path) -> Layout:

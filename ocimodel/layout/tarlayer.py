@@ -9,8 +9,10 @@ push announce ``Content-Length`` for a layer that was never written to disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from ocimodel.source import FileIdentity
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -33,6 +36,8 @@ class Member:
     name: str
     source: Path | None = None
     size: int = 0
+    #: The file the source listed at ``source``; reads refuse any other.
+    identity: FileIdentity | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -66,23 +71,24 @@ class _Segment:
     length: int
     data: bytes = b""
     source: Path | None = None
+    identity: FileIdentity | None = None
 
 
 def _segments(members: Iterable[Member]) -> list[_Segment]:
     segments: list[_Segment] = []
     offset = 0
 
-    def add(length: int, data: bytes = b"", source: Path | None = None) -> None:
+    def add(length: int, data: bytes = b"", source: Path | None = None, identity: FileIdentity | None = None) -> None:
         nonlocal offset
         if length:
-            segments.append(_Segment(offset, length, data, source))
+            segments.append(_Segment(offset, length, data, source, identity))
             offset += length
 
     for member in members:
         head = header(member)
         add(len(head), head)
         if not member.is_dir:
-            add(member.size, source=member.source)
+            add(member.size, source=member.source, identity=member.identity)
             pad = _padding(member.size)
             add(pad, b"\0" * pad)
     add(len(END_OF_ARCHIVE), END_OF_ARCHIVE)
@@ -114,15 +120,33 @@ def tar_range(members: Iterable[Member], start: int, length: int | None, chunk_s
         if seg.source is None:
             yield seg.data[lo - seg.start : hi - seg.start]
         else:
-            yield from read_range(seg.source, lo - seg.start, hi - lo, seg.length, chunk_size)
+            yield from read_range(seg.source, lo - seg.start, hi - lo, seg.length, chunk_size, seg.identity)
 
 
-def read_range(path: Path, offset: int, length: int, size: int, chunk_size: int = CHUNK) -> Iterator[bytes]:
-    """Bytes of a file that must still be ``size`` long: a file that changed under us would corrupt the layer."""
+def _open_flags(identity: FileIdentity | None) -> int:
+    """Never block on a FIFO or device put in a file's place; never follow a link where the listing saw none."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    return flags | os.O_NOFOLLOW if identity is not None else flags
+
+
+def read_range(
+    path: Path, offset: int, length: int, size: int, chunk_size: int = CHUNK, identity: FileIdentity | None = None
+) -> Iterator[bytes]:
+    """Bytes of a file that must still be the regular file listed (``identity``), ``size`` long.
+
+    A file replaced since it was listed (by a link out of the source, a FIFO, another file) or changed while read
+    would put other bytes in the layer than the listing vouched for, or hang: both are refused.
+    """
     changed = OcimodelError(f"{path} changed size while being read; run again once it is complete")
+    replaced = OcimodelError(f"{path} was replaced or modified since it was listed; run again once it is stable")
     try:
-        with open(path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size != size:
+        with open(path, "rb", buffering=0, opener=lambda name, _: os.open(name, _open_flags(identity))) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OcimodelError(f"{path} is no longer a regular file; remove what replaced it and run again")
+            if identity is not None and not identity.matches(st):
+                raise replaced
+            if st.st_size != size:
                 raise changed
             f.seek(offset)
             remaining = length
@@ -132,9 +156,14 @@ def read_range(path: Path, offset: int, length: int, size: int, chunk_size: int 
                     raise changed
                 remaining -= len(data)
                 yield data
-            if os.fstat(f.fileno()).st_size != size:
+            st = os.fstat(f.fileno())
+            if st.st_size != size:
                 raise changed
+            if identity is not None and not identity.matches(st):
+                raise replaced
     except OSError as exc:
+        if exc.errno == errno.ELOOP and identity is not None:
+            raise OcimodelError(f"{path} was replaced by a symlink since it was listed; remove the link") from exc
         raise OcimodelError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 

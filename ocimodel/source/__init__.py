@@ -8,7 +8,9 @@ files on disk slots in: a Hub repo is downloaded into the HF cache and then read
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,18 +26,93 @@ HUB_SCHEME = "hf://"
 _REPO_ID = re.compile(r"(?!.*(?:--|\.\.))(\w(?:[\w.-]{0,94}\w)?)/(\w(?:[\w.-]{0,94}\w)?)")
 
 
+#: Tar entries whose names start with this are whiteouts: unpacking deletes the file they name (``.wh..wh..opq``
+#: empties the directory), so a model file named so would silently remove another one from the image.
+WHITEOUT_PREFIX = ".wh."
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file a source listed: every read checks that the file it opened is still this one.
+
+    Between listing and reading, a file can be replaced (by a link out of the source, a FIFO, another file) or
+    rewritten; packing whatever is there then would break the rules the listing checked. ``ctime_ns`` only feeds
+    the digest cache's key (it changes on an edit that restores the mtime); reads compare the rest, so a chmod
+    while packing is not an error.
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.device, self.inode, self.size, self.mtime_ns) == (
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        )
+
+
 @dataclass(frozen=True)
 class SourceFile:
     path: str
+    #: Where the bytes are: with ``identity``, the resolved path (no link in it), opened without following links.
     local: Path
     size: int
     #: The sha256 the source claims for the content (the Hub's LFS oid), not checked against the bytes: a key for
     #: caching digests, never a substitute for hashing what is packed.
     lfs_sha256: str | None = None
+    #: The file as listed; None for a file not on disk yet (a Hub file before its download).
+    identity: FileIdentity | None = None
 
     @property
     def sort_key(self) -> tuple[str, ...]:
         return PurePosixPath(self.path).parts
+
+
+def check_model_path(path: str) -> None:
+    """Refuse a path the image could not hold as the same file: a whiteout name, or one that leaves ``/models``."""
+    parts = path.split("/")
+    for part in parts:
+        if part.startswith(WHITEOUT_PREFIX):
+            raise OcimodelError(
+                f"{path}: names starting with {WHITEOUT_PREFIX} are whiteouts in image layers (unpacking one deletes "
+                "another file); rename it or --exclude it"
+            )
+        if part in ("", ".", ".."):
+            raise OcimodelError(f"{path!r} is not a plain relative path; it cannot go under /models")
+
+
+def confinement(root: Path) -> Path:
+    """The folder a source's links may point into: its root, or the HF repo cache folder for a snapshot."""
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.parent.parent
+    return root
+
+
+def pin(f: SourceFile, confine: Path) -> SourceFile:
+    """``f`` as it is on disk now: links resolved (they must stay inside ``confine``) and its identity noted.
+
+    For files that were not on disk when listed (a Hub file before its download): from here on, every read of it
+    (a hashing pass, an upload, a retry) checks it is still this file.
+    """
+    try:
+        real = f.local.resolve(strict=True)
+        st = real.stat()
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symlink loop"
+        raise OcimodelError(f"cannot read {f.local}: {reason}") from exc
+    if confine not in real.parents:
+        raise OcimodelError(f"{f.local} links to {real}, outside {confine}; remove the link")
+    if not stat.S_ISREG(st.st_mode):
+        raise OcimodelError(f"{f.local} is not a regular file; remove it")
+    if st.st_size != f.size:
+        raise OcimodelError(f"{f.local} is {st.st_size} bytes on disk, but the source lists {f.size}; run again")
+    return SourceFile(f.path, real, f.size, f.lfs_sha256, FileIdentity.of(st))
 
 
 @dataclass(frozen=True)
@@ -76,6 +153,11 @@ class Provenance:
 class Source(Protocol):
     @property
     def provenance(self) -> Provenance: ...
+
+    @property
+    def root(self) -> Path:
+        """The directory the model is read from: a layout written there, or above it, would be packed into itself."""
+        ...
 
     def files(self, filters: Filters) -> list[SourceFile]:
         """The model's files, sorted by path, with their bytes available on local disk."""

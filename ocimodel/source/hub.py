@@ -40,7 +40,7 @@ from ocimodel import __version__
 from ocimodel.errors import OcimodelError
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import PlainReporter, Reporter, Task
-from ocimodel.source import Filters, Provenance, SourceFile
+from ocimodel.source import Filters, Provenance, SourceFile, check_model_path, confinement, pin
 from ocimodel.source.local import LocalSource
 
 ANNOTATION_LICENSES = "org.opencontainers.image.licenses"
@@ -137,6 +137,10 @@ class HubSource:
     def snapshot(self) -> Path:
         return self.storage / "snapshots" / self.commit
 
+    @property
+    def root(self) -> Path:
+        return self.snapshot
+
     def files(self, filters: Filters) -> list[SourceFile]:
         """Download what ``filters`` let through (nothing else is requested); offline, walk the cached snapshot."""
         if self.listing is None:
@@ -145,7 +149,7 @@ class HubSource:
                     LocalSource.from_path(self.snapshot).files(filters)]
         planned = self.planned(filters)
         self.fetch(planned)
-        return planned
+        return [pin(f, confinement(self.root)) for f in planned]
 
     def planned(self, filters: Filters) -> list[SourceFile]:
         """The files ``filters`` select, from the Hub's listing alone: nothing is downloaded yet.
@@ -161,6 +165,8 @@ class HubSource:
                 f"no file of {self.repo_id}@{self.commit} matches --include/--exclude "
                 f"(it has {len(self.listing)}: check the globs)"
             )
+        for f in wanted:
+            check_model_path(f.path)
         self._record_ref()
         return sorted(
             (SourceFile(f.path, self.snapshot / f.path, f.size, f.lfs_sha256) for f in wanted), key=lambda f: f.sort_key

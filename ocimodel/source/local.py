@@ -13,16 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocimodel.errors import OcimodelError
-from ocimodel.source import Filters, Provenance, SourceFile
+from ocimodel.source import FileIdentity, Filters, Provenance, SourceFile, check_model_path, confinement
 
 ALWAYS_EXCLUDED = (".git/", ".cache/huggingface/")
-
-
-def _confinement(root: Path) -> Path:
-    """The folder links may point into: the source, or the HF repo cache folder for a snapshot."""
-    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
-        return root.parent.parent
-    return root
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -46,7 +39,7 @@ class LocalSource:
     def files(self, filters: Filters) -> list[SourceFile]:
         filters = Filters(filters.include, (*filters.exclude, *ALWAYS_EXCLUDED))
         found: list[SourceFile] = []
-        self._walk(self.root, "", _confinement(self.root), filters, found, {self.root})
+        self._walk(self.root, "", confinement(self.root), filters, found, {self.root})
         if not found:
             raise OcimodelError(f"no files to pack in {self.root} (check --include/--exclude)")
         return sorted(found, key=lambda f: f.sort_key)
@@ -71,8 +64,11 @@ class LocalSource:
             except (RuntimeError, OSError):  # a link loop: RuntimeError before Python 3.13, OSError after
                 raise OcimodelError(f"{path} is a symlink loop; remove the link") from None
             try:
-                st: os.stat_result | None = real.stat()
+                # ``real`` has no link in it: one there now was put there since, and is not followed.
+                st: os.stat_result | None = real.stat(follow_symlinks=False)
             except FileNotFoundError:
+                if not link:
+                    continue  # deleted since the directory was listed: it is not part of the model any more
                 st = None
             except OSError as exc:
                 raise OcimodelError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -92,4 +88,5 @@ class LocalSource:
             elif not os.access(real, os.R_OK):
                 raise OcimodelError(f"cannot read {path}: permission denied; make it readable or --exclude it")
             else:
-                found.append(SourceFile(rel, real, st.st_size))
+                check_model_path(rel)
+                found.append(SourceFile(rel, real, st.st_size, identity=FileIdentity.of(st)))

@@ -826,6 +826,40 @@ def test_fifo_in_the_source(existing: Snapshot, tmp_path: Path) -> None:
     existing.assert_unchanged()
 
 
+@pytest.mark.parametrize("name", [".wh.config.json", ".wh..wh..opq", "sub/.wh.file.txt"])
+def test_whiteout_names_are_refused(existing: Snapshot, tmp_path: Path, name: str) -> None:
+    """Unpacking ``.wh.config.json`` would delete ``config.json`` from the image (and ``.wh..wh..opq`` its folder)."""
+    source, _ = model(tmp_path)
+    (source / name).write_text("{}")
+    assert_clean_error(run_cli("pack", source, existing.layout, "--base", "scratch"), name, ".wh.")
+    existing.assert_unchanged()
+
+
+@pytest.mark.parametrize("command", ["pack", "build"])
+@pytest.mark.parametrize("where", ["source", "parent"])
+def test_layout_that_is_the_source_or_holds_it_is_refused(tmp_path: Path, command: str, where: str) -> None:
+    source, _ = model(tmp_path)
+    before = sorted(p.relative_to(source.parent) for p in source.parent.rglob("*"))
+    layout = source if where == "source" else source.parent
+    if command == "pack":
+        result = run_cli("pack", source, layout, "--base", "scratch")
+    else:  # refused before any registry is asked: port 9 (discard) is never contacted
+        result = run_cli("build", source, "127.0.0.1:9/models/m:v1", "--layout", layout, "--base", "scratch")
+    assert_clean_error(result, str(layout), "model directory")
+    assert sorted(p.relative_to(source.parent) for p in source.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["pack", "build"])
+@pytest.mark.parametrize("platforms", ["", ",", " ", " , "], ids=["empty", "comma", "space", "spaced-comma"])
+def test_an_empty_platform_list_is_refused(tmp_path: Path, command: str, platforms: str) -> None:
+    source, _ = model(tmp_path)
+    target = tmp_path / "layout" if command == "pack" else "127.0.0.1:9/models/m:v1"
+    result = run_cli(command, source, target, "--base", "scratch", "--platform", platforms)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr and "--platform" in result.stderr, explain(result)
+    assert result.stdout == "" and not (tmp_path / "layout").exists()
+
+
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
@@ -886,26 +920,16 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
     old_digest = pack(old_source, layout.root)
     index_before = (layout.root / "index.json").read_bytes()
 
-    big = tmp_path / "big" / "big-model"
-    _big_model(big)
-    process = subprocess.Popen(
-        cli_command("pack", big, layout.root, "--base", "scratch", "--jobs", "1"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
-    )
+    big, process = _start_big_pack(tmp_path, layout.root)
     try:
-        deadline = time.monotonic() + 60
-        while not layout.temp_files():
-            assert process.poll() is None, "pack ended before it was interrupted"
-            assert time.monotonic() < deadline, "no .upload-*.tmp appeared within 60 s"
-            time.sleep(0.002)
+        _stop_while_writing(process, layout)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    # Usually a layer's temp file is left behind; the kill may also land just after a rename, leaving none.
     stale = layout.temp_files()
-    assert all(name.startswith(".upload-") and name.endswith(".tmp") for name in stale)
+    assert stale and all(name.startswith(".upload-") and name.endswith(".tmp") for name in stale)
 
     assert (layout.root / "index.json").read_bytes() == index_before
     assert layout.entry("latest")["digest"] == old_digest
@@ -916,10 +940,88 @@ def test_killed_pack_leaves_the_layout_valid(tmp_path: Path) -> None:
     clean = OciLayout(tmp_path / "clean")
     assert pack(big, clean.root, "--jobs", "1", "--no-cache") == digest
     assert layout.entry("latest")["digest"] == digest
-    # The rerun left no temp files of its own, and every committed blob is intact.
-    assert layout.temp_files() <= stale
+    # The rerun removed what the killed run left (no process held it any more), and every committed blob is intact.
+    assert layout.temp_files() == set()
     assert clean.blob_names() <= layout.blob_names()
     for name in layout.blob_names():
         layout.blob("sha256:" + name)
     info = json.loads(run_tool(["skopeo", "--insecure-policy", "inspect", f"oci:{layout.root}:latest"]).stdout)
     assert info["Digest"] == digest
+    run_tool(["umoci", "gc", "--layout", str(layout.root)])  # refuses a layout with a stray file among the blobs
+    assert layout.entry("latest")["digest"] == digest
+
+
+def _start_big_pack(tmp_path: Path, layout: Path) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A pack of 192 MiB in 64 MiB layers, one at a time: long enough to be interrupted in the middle."""
+    big = tmp_path / "big" / "big-model"
+    _big_model(big)
+    process = subprocess.Popen(
+        cli_command("pack", big, layout, "--base", "scratch", "--jobs", "1"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
+    )
+    return big, process
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            # "tid (comm) STATE ...": comm may hold spaces and parentheses, the state follows the last one.
+            states.append(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return all(state in "tT" for state in states)
+
+
+def _wait_for_temp_file(process: subprocess.Popen[bytes], layout: OciLayout) -> None:
+    deadline = time.monotonic() + 60
+    while not layout.temp_files():
+        assert process.poll() is None, "pack ended before it was interrupted"
+        assert time.monotonic() < deadline, "no .upload-*.tmp appeared in the layout within 60 s"
+        time.sleep(0.002)
+
+
+def _stop_while_writing(process: subprocess.Popen[bytes], layout: OciLayout) -> None:
+    """SIGSTOP ``process`` at a moment when it has a blob temp file: a SIGKILL sent next lands mid-write for sure."""
+    while True:
+        _wait_for_temp_file(process, layout)
+        process.send_signal(signal.SIGSTOP)
+        while not _all_threads_stopped(process.pid):
+            time.sleep(0.001)
+        if layout.temp_files():
+            return
+        process.send_signal(signal.SIGCONT)  # the temp file was renamed just before the stop: try the next one
+
+
+def test_sigterm_stops_pack_cleanly(tmp_path: Path) -> None:
+    """CI cancelling a job sends SIGTERM: the pack removes its temp files, keeps the layout as it was, exits 143."""
+    layout = OciLayout(tmp_path / "layout")
+    old_source, old_files = model(tmp_path)
+    old_digest = pack(old_source, layout.root)
+    index_before = (layout.root / "index.json").read_bytes()
+    blobs_before = layout.blob_names()
+
+    _, process = _start_big_pack(tmp_path, layout.root)
+    try:
+        # Not stopped first: a signal sent to a stopped process may be taken by any thread when it resumes, while
+        # one sent to a running process goes to the main thread, as it does when CI cancels a job. Most of the
+        # 192 MiB of layers is still ahead, so the signal lands mid-pack.
+        _wait_for_temp_file(process, layout)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout.decode(), stderr.decode())
+    assert process.returncode == 143, explain(result)
+    assert "Traceback" not in result.stderr and result.stdout == "", explain(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ocimodel: ")]
+    assert len(errors) == 1 and errors[0].startswith("ocimodel: error: terminated"), explain(result)
+    assert layout.temp_files() == set()
+    assert (layout.root / "index.json").read_bytes() == index_before
+    assert layout.entry("latest")["digest"] == old_digest
+    # Whole layers finished before the signal may stay as blobs (a rerun reuses them); nothing else was added.
+    for name in layout.blob_names() - blobs_before:
+        layout.blob("sha256:" + name)
+    run_tool(["umoci", "gc", "--layout", str(layout.root)])
+    assert image_files(layout) == old_files

@@ -44,6 +44,10 @@ class FakeHub:
     def provenance(self) -> Provenance:
         return Provenance(title="acme/fake", source="http://hub.invalid/acme/fake", revision="0" * 40)
 
+    @property
+    def root(self) -> Path:
+        return self.stage
+
     def files(self, filters: Filters) -> list[SourceFile]:
         planned = self.planned(filters)
         self.fetch(planned)
