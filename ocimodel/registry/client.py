@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import random
+import re
 import socket
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
@@ -200,19 +201,38 @@ class RegistryClient:
     def stream_blob(self, repository: str, digest: str) -> Iterator[bytes]:
         """The blob in chunks of at most 1 MiB, verified: the last step raises DigestMismatch if it was wrong.
 
-        The bytes are taken exactly as sent (no transfer decoding), since that is what the digest covers.
+        The bytes are taken exactly as sent (no transfer decoding), since that is what the digest covers. A connection
+        lost mid-body is picked up where it broke (``Range``; from the start, skipping what was already passed on, if
+        the registry ignores it), as uploads resume, within the retry policy's attempts.
         """
-        response = self.request(
-            "GET", self.url(repository, f"blobs/{digest}"), repository, headers={"Accept-Encoding": "identity"}
-        )
         hasher = hashlib.sha256()
-        with response:
-            try:
-                for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
-                    hasher.update(chunk)
-                    yield chunk
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise self._lost_connection(response, f"blob {digest} of {repository}", exc) from None
+        received = 0
+        drops = 0
+        while True:
+            headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={received}-"} if received else {})}
+            response = self.request("GET", self.url(repository, f"blobs/{digest}"), repository, headers=headers,
+                                    ok=(200, 206))
+            with response:
+                skip = received if response.status_code == 200 else _range_start(response, received)
+                try:
+                    for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
+                        if skip:
+                            dropped, chunk = chunk[:skip], chunk[skip:]
+                            skip -= len(dropped)
+                            if not chunk:
+                                continue
+                        hasher.update(chunk)
+                        received += len(chunk)
+                        yield chunk
+                    break
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    drops += 1
+                    lost = self._lost_connection(response, f"blob {digest} of {repository}", exc)
+                    if drops >= self._retry.attempts:
+                        raise lost from None
+            delay = self._retry.delay(drops)
+            log.info("%s; resuming at byte %d in %.1fs", lost, received, delay)
+            self._retry.sleep(delay)
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(
@@ -245,13 +265,20 @@ class RegistryClient:
             response = self._with_retries(
                 lambda: self._send(method, url, scopes, headers, params, body), method, url, repository, retry
             )
-            if response.status_code != 401 or _origin(response.url) != self._origin:
+            if _origin(response.url) != self._origin or response.status_code not in (401, 403) or reauthenticated:
                 break
-            challenge = response.headers.get("WWW-Authenticate")
+            if response.status_code == 401:
+                challenge = response.headers.get("WWW-Authenticate")
+                _discard(response)
+                self._auth.authenticate(challenge, scopes)
+            elif self._auth.relogin_after_denial():
+                log.info("registry %s denied %s %s; logging in again, once", self.registry, method, _redact(url))
+                _discard(response)
+            else:
+                break
+        if response.status_code == 401 and _origin(response.url) == self._origin:
             _discard(response)
-            if reauthenticated:
-                raise self._auth.rejected(scopes)
-            self._auth.authenticate(challenge, scopes)
+            raise self._auth.rejected(scopes)
         if response.status_code not in ok:
             with response:
                 raise self._error(method, url, repository, response)
@@ -332,7 +359,8 @@ class RegistryClient:
 
     def _fetch_token(self, url: str, params: list[tuple[str, str]], headers: dict[str, str]) -> requests.Response:
         return self._with_retries(
-            lambda: self._session.get(url, params=params, headers=headers, timeout=self._timeout),
+            # No netrc here either: it would replace the credentials we chose with a ~/.netrc entry for the token host.
+            lambda: self._session.get(url, params=params, headers=headers, timeout=self._timeout, auth=_no_netrc),
             "GET",
             url,
             None,
@@ -415,6 +443,15 @@ def _read_capped(response: requests.Response, limit: int) -> bytes | None:
             return None
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _range_start(response: requests.Response, wanted: int) -> int:
+    """Bytes to skip at the start of a 206 answer to ``Range: bytes=<wanted>-``: 0 when it starts where asked."""
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    start = int(match.group(1)) if match else -1
+    if not 0 <= start <= wanted:
+        raise RegistryError(f"registry answered a resumed download with the wrong range ({start}, not {wanted}): try again")
+    return wanted - start
 
 
 def _discard(response: requests.Response) -> None:

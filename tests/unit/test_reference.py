@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocimodel.registry.reference import Reference, is_loopback, parse_reference, registry_url
+from ocimodel.registry.reference import EcrHost, Reference, is_loopback, parse_ecr, parse_reference, registry_url
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -112,3 +112,43 @@ def test_registry_url() -> None:
     assert registry_url("docker.io") == "https://registry-1.docker.io"
     assert registry_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert registry_url("registry.internal:5000", plain_http=True) == "http://registry.internal:5000"
+
+
+@pytest.mark.parametrize(
+    "text", ["alice:hunter2-secret@registry.example.com/team/model", "alice:hunter2-secret@localhost:5000/model:v1"]
+)
+def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str) -> None:
+    with pytest.raises(ValueError, match="cannot carry credentials") as err:
+        parse_reference(text)
+    assert "hunter2" not in str(err.value) and "alice" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "account", "region"),
+    [
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com", "123456789012", "us-east-1"),
+        ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", "123456789012", "cn-north-1"),
+        ("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com", "123456789012", "us-gov-west-1"),
+        ("123456789012.dkr-ecr.eu-central-1.on.aws", "123456789012", "eu-central-1"),
+        ("123456789012.dkr-ecr-fips.us-east-2.on.aws", "123456789012", "us-east-2"),
+        ("123456789012.dkr.ecr.ap-southeast-2.amazonaws.com:443", "123456789012", "ap-southeast-2"),
+    ],
+)
+def test_ecr_hosts_in_every_form(host: str, account: str, region: str) -> None:
+    assert parse_ecr(host) == EcrHost(account, region)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "public.ecr.aws",
+        "ecr.example.com",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com.evil.example",
+        "12345.dkr.ecr.us-east-1.amazonaws.com",
+        "123456789012.dkr-ecr.eu-central-1.on.aws.example",
+        "123456789012.dkr.ecr.us-east-1.on.aws",
+        "localhost:5000",
+    ],
+)
+def test_not_ecr_hosts(host: str) -> None:
+    assert parse_ecr(host) is None
