@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -161,7 +162,7 @@ def _pack_options(
 
     platforms = tuple(dict.fromkeys(_platform(p) for p in platform.split(",") if p.strip()))
     return PackOptions(
-        base=base or DEFAULT_BASE,
+        base=base or os.environ.get("OCIMODEL_BASE_IMAGE") or DEFAULT_BASE,
         platforms=platforms,
         tag=_tag(tag),
         compression=compression.value,

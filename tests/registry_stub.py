@@ -142,6 +142,8 @@ class Behaviour:
     # whose ``_state`` no longer matches (the client's URL after a PATCH that broke off) cancels the session with 400
     # BLOB_UPLOAD_INVALID. Off, any ``_state`` issued for the session is good, as a registry that resumes needs.
     strict_state: bool = False
+    # Blob GETs ignore ``Range`` and answer the whole blob, as a registry without range support does.
+    ignore_range: bool = False
     # Basic passwords answered 403 DENIED "Your authorization token has expired", as ECR answers an expired login token.
     expired_passwords: set[str] = field(default_factory=set)
     # ECR as it behaves: PATCH answers 201, ``Range`` sticks after the 2nd chunk (data dropped), Basic auth only (a
@@ -498,7 +500,7 @@ class RegistryStub:
             return Reply(200, data[: len(data) // 2], headers, content_length=len(data))
         served = self._served(data)
         wanted = re.fullmatch(r"bytes=(\d+)-", call.headers.get("Range", ""))
-        if wanted and call.method == "GET" and int(wanted[1]) < len(served):
+        if wanted and call.method == "GET" and int(wanted[1]) < len(served) and not self.behaviour.ignore_range:
             start = int(wanted[1])
             headers = {**headers, "Content-Range": f"bytes {start}-{len(served) - 1}/{len(served)}"}
             return Reply(206, served[start:], headers)
