@@ -490,7 +490,10 @@ class Pusher:
         if upload.digest is None:
             assert hasher is not None and hasher.position == upload.size
         digest = upload.digest or hasher.digest  # type: ignore[union-attr]
-        self._request("PUT", session.location, {"Content-Length": "0"}, None, params={"digest": digest}, retry=True).close()
+        # patient: the registry may now read the whole blob back to check its digest before it answers.
+        self._request(
+            "PUT", session.location, {"Content-Length": "0"}, None, params={"digest": digest}, retry=True, patient=True
+        ).close()
         return digest
 
     def _request(
@@ -503,10 +506,11 @@ class Pusher:
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (201, 204),
         retry: bool = False,
+        patient: bool = False,
     ) -> requests.Response:
         return self.client.request(
             method, url, self.repository, actions=("pull", "push"), headers=headers, params=params, body=body,
-            ok=ok, retry=retry,
+            ok=ok, retry=retry, patient=patient,
         )
 
     def _resume_point(self, session: _Session) -> int:
