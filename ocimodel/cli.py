@@ -39,6 +39,26 @@ class _State:
     debug = False
 
 
+class _Notices(logging.StreamHandler):  # type: ignore[type-arg]
+    """Warnings (a registry keeping us waiting, a fallback taken) as ``ocimodel: …`` lines on stderr, without -v.
+
+    It writes to whatever ``sys.stderr`` is when a line comes, so it survives the stream being swapped.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+_NOTICES = _Notices()
+_NOTICES.setLevel(logging.WARNING)
+_NOTICES.setFormatter(logging.Formatter("ocimodel: %(message)s"))
+
+
 class Compression(str, Enum):
     none = "none"
     gzip = "gzip"
@@ -79,6 +99,8 @@ def _global(
         logger = logging.getLogger("ocimodel")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    elif _NOTICES not in logging.getLogger("ocimodel").handlers:
+        logging.getLogger("ocimodel").addHandler(_NOTICES)
 
 
 def _platform(text: str) -> Platform:

@@ -123,32 +123,28 @@ def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str) 
     assert "hunter2" not in str(err.value) and "alice" not in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("host", "account", "region"),
-    [
-        ("123456789012.dkr.ecr.us-east-1.amazonaws.com", "123456789012", "us-east-1"),
-        ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", "123456789012", "cn-north-1"),
-        ("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com", "123456789012", "us-gov-west-1"),
-        ("123456789012.dkr-ecr.eu-central-1.on.aws", "123456789012", "eu-central-1"),
-        ("123456789012.dkr-ecr-fips.us-east-2.on.aws", "123456789012", "us-east-2"),
-        ("123456789012.dkr.ecr.ap-southeast-2.amazonaws.com:443", "123456789012", "ap-southeast-2"),
-    ],
-)
-def test_ecr_hosts_in_every_form(host: str, account: str, region: str) -> None:
-    assert parse_ecr(host) == EcrHost(account, region)
+ECR_HOSTS = {
+    "123456789012.dkr.ecr.us-east-1.amazonaws.com": "us-east-1",
+    "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn": "cn-north-1",
+    "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com": "us-gov-west-1",
+    "123456789012.dkr-ecr.eu-central-1.on.aws": "eu-central-1",
+    "123456789012.dkr-ecr-fips.us-east-2.on.aws": "us-east-2",
+    "123456789012.dkr.ecr.ap-southeast-2.amazonaws.com:443": "ap-southeast-2",
+}
+NOT_ECR_HOSTS = [
+    "public.ecr.aws",
+    "ecr.example.com",
+    "123456789012.dkr.ecr.us-east-1.amazonaws.com.evil.example",
+    "12345.dkr.ecr.us-east-1.amazonaws.com",
+    "123456789012.dkr-ecr.eu-central-1.on.aws.example",
+    "123456789012.dkr.ecr.us-east-1.on.aws",
+    "localhost:5000",
+]
 
 
-@pytest.mark.parametrize(
-    "host",
-    [
-        "public.ecr.aws",
-        "ecr.example.com",
-        "123456789012.dkr.ecr.us-east-1.amazonaws.com.evil.example",
-        "12345.dkr.ecr.us-east-1.amazonaws.com",
-        "123456789012.dkr-ecr.eu-central-1.on.aws.example",
-        "123456789012.dkr.ecr.us-east-1.on.aws",
-        "localhost:5000",
-    ],
-)
-def test_not_ecr_hosts(host: str) -> None:
-    assert parse_ecr(host) is None
+def test_ecr_hosts_in_every_form() -> None:
+    """Standard, China, FIPS and dual-stack endpoints; the region is the one ECR's API must be asked in."""
+    assert {host: parse_ecr(host) for host in ECR_HOSTS} == {
+        host: EcrHost("123456789012", region) for host, region in ECR_HOSTS.items()
+    }
+    assert [host for host in NOT_ECR_HOSTS if parse_ecr(host) is not None] == []
