@@ -160,9 +160,11 @@ class _Guard:
         if waited >= self.limit:
             self.expired = self.expiry
             sock = getattr(self.connection, "sock", None)
-            if sock is not None:
+            if isinstance(sock, socket.socket):
                 with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    # The plain socket's shutdown, also under TLS: the blocked read then ends with an OSError, while
+                    # SSLSocket.shutdown would unwrap it under the reader's feet.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
         elif waited >= self.notice and not self.noticed:
             self.noticed = True
             log.warning("still waiting for %s (%.1fs so far; giving up at %gs)", self.what, waited, self.limit)
@@ -180,7 +182,7 @@ class _Watchdog:
     def add(self, guard: _Guard) -> None:
         with self._cond:
             self._guards.add(guard)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="ocimodel-deadlines", daemon=True)
                 self._thread.start()
             self._poke(guard)
