@@ -42,7 +42,6 @@ from ocimodel.registry.reference import registry_url
 log = logging.getLogger("ocimodel.registry")
 
 MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
-CHUNK_SIZE = 1024 * 1024
 _ERROR_BODY_MAX_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
@@ -545,13 +544,16 @@ class RegistryClient:
         with _watched(small, limit, self._deadlines.notice, f"no complete answer within {limit:g}s") as guard:
             try:
                 response = self._session.request(method, url, **kwargs)
+            except requests.RequestException:
+                if guard.expired:
+                    raise DeadlineExceeded(guard.expired) from None
+                raise
+            try:
                 _preload(response, MANIFEST_MAX_BYTES)
             except requests.RequestException as exc:
                 if guard.expired:
                     raise DeadlineExceeded(guard.expired) from None
-                if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-                    raise
-                raise requests.ConnectionError(exc) from None  # a body broken off: worth another try
+                raise requests.ConnectionError(exc) from None  # an answer broken off: worth another try
             if guard.expired:  # cut short by the watchdog, the answer may still have looked whole
                 response.close()
                 raise DeadlineExceeded(guard.expired)

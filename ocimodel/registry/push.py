@@ -380,10 +380,10 @@ class Pusher:
         """The registry found the bytes do not hash to the digest they were sent under: name the blob, not the
         upload session the error came from (codes kept, so a caller can still tell what happened)."""
         where = f" ({upload.path})" if upload.path else ""
-        fix = "the file is damaged: pack the layout again" if upload.path else "its files changed: run again with --no-cache"
+        fix = "the file is damaged (pack the layout again)" if upload.path else "its files changed (run again with --no-cache)"
         return RegistryError(
-            f"blob {upload.digest}{where}: registry {self.client.registry} found that its bytes do not hash to "
-            f"{upload.digest} (DIGEST_INVALID); {fix}",
+            f"blob {upload.digest}{where}: registry {self.client.registry} found that the bytes it received do not hash "
+            f"to that digest (DIGEST_INVALID): {fix}, or the registry lost part of the upload (try again)",
             status=exc.status,
             codes=exc.codes,
         )

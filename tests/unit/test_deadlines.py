@@ -119,7 +119,11 @@ def test_token_request_has_an_overall_deadline(warnings: pytest.LogCaptureFixtur
             return
         host = conn.getsockname()
         challenge = f'Bearer realm="http://{host[0]}:{host[1]}/token",service="slow"'
-        conn.sendall(f"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\n\r\n".encode())
+        # One request per connection here, and said so: a client must not send the token request into a closing one.
+        conn.sendall(
+            f"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
 
     sleeps: list[float] = []
     with SlowRegistry(respond) as registry, client(registry, sleeps) as c:

@@ -938,6 +938,7 @@ def test_corrupt_local_blob_is_named_by_digest_and_path(stub: RegistryStub, push
     with pytest.raises(RegistryError) as err:
         pusher(image, chunk_size=0)
     message = str(err.value)
-    assert message.startswith(f"blob {image.big} ({path}): registry {stub.host} found that its bytes do not hash")
+    assert message.startswith(f"blob {image.big} ({path}): registry {stub.host} found that the bytes it received do")
+    assert "the file is damaged (pack the layout again)" in message
     assert "DIGEST_INVALID" in err.value.codes and "uploads/" not in message
     assert digest_of(bytes(data)) not in stub.repository(REPO).blobs
