@@ -571,6 +571,11 @@ class RegistryClient:
 
     def _unreachable(self, exc: requests.RequestException, url: str, repository: str | None) -> RegistryError:
         what = f" for {repository}" if repository else ""
+        if isinstance(exc, DeadlineExceeded):
+            return RegistryError(
+                f"{self._where(url)} accepted the connection but kept us waiting{what} ({exc}): it may be overloaded, "
+                "or a proxy or firewall holds the connection; try again later"
+            )
         hint = (
             "if the registry speaks plain HTTP, allow plain HTTP for it; otherwise check its certificate"
             if isinstance(exc, requests.exceptions.SSLError)
