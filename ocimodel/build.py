@@ -40,6 +40,7 @@ from ocimodel.progress import Reporter, stoppable
 from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
+from ocimodel.registry.push import refuse_oversized_layers
 from ocimodel.registry.reference import Reference
 from ocimodel.source import Source, StagedSource, confinement, pin
 from ocimodel.units import human_size
@@ -114,6 +115,8 @@ def build(
         raise OcimodelError("--disk-budget is for Hub sources: a local directory is on disk already")
     files = staged.planned(pack_options.filters) if staged else source.files(pack_options.filters)
     plans = plan_layers(files)
+    if pack_options.compression == "none":  # sizes known before any download; compressed ones once hashed
+        refuse_oversized_layers(client.registry, ((f"layer {p.title}", tar_size(p.members())) for p in plans))
     budget = ByteBudget(options.disk_budget) if options.disk_budget is not None else None
     if budget is not None:
         os.environ.setdefault("HF_XET_CHUNK_CACHE_SIZE_BYTES", "0")  # hf_xet's chunk cache would be a second copy

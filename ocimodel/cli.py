@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from enum import Enum
@@ -37,6 +38,26 @@ app = typer.Typer(
 
 class _State:
     debug = False
+
+
+class _Notices(logging.StreamHandler):  # type: ignore[type-arg]
+    """Warnings (a registry keeping us waiting, a fallback taken) as ``ocimodel: …`` lines on stderr, without -v.
+
+    It writes to whatever ``sys.stderr`` is when a line comes, so it survives the stream being swapped.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+_NOTICES = _Notices()
+_NOTICES.setLevel(logging.WARNING)
+_NOTICES.setFormatter(logging.Formatter("ocimodel: %(message)s"))
 
 
 class Compression(str, Enum):
@@ -79,6 +100,8 @@ def _global(
         logger = logging.getLogger("ocimodel")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    elif _NOTICES not in logging.getLogger("ocimodel").handlers:
+        logging.getLogger("ocimodel").addHandler(_NOTICES)
 
 
 def _platform(text: str) -> Platform:
@@ -164,7 +187,7 @@ def _pack_options(
     if not platforms:
         raise typer.BadParameter("names no platform; give os/arch, e.g. linux/amd64", param_hint="--platform")
     return PackOptions(
-        base=base or DEFAULT_BASE,
+        base=base or os.environ.get("OCIMODEL_BASE_IMAGE") or DEFAULT_BASE,
         platforms=platforms,
         tag=_tag(tag),
         compression=compression.value,

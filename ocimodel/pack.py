@@ -37,6 +37,12 @@ DEFAULT_BASE = (
     "public.ecr.aws/docker/library/busybox:1.37.0"
     "@sha256:9db7b59979c38555a39def84a31fb98b5296952f9e3afd4f6f11f05b07adfab0"
 )
+#: The same busybox by the same digest on Docker Hub and on Google's mirror of it, tried in order when ECR Public
+#: cannot serve it (the image, and so every digest built on it, is the same whichever answers).
+DEFAULT_BASE_MIRRORS = (
+    "docker.io/library/busybox:1.37.0@sha256:9db7b59979c38555a39def84a31fb98b5296952f9e3afd4f6f11f05b07adfab0",
+    "mirror.gcr.io/library/busybox:1.37.0@sha256:9db7b59979c38555a39def84a31fb98b5296952f9e3afd4f6f11f05b07adfab0",
+)
 ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
 
@@ -44,6 +50,9 @@ ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
 @dataclass(frozen=True)
 class PackOptions:
     base: str = DEFAULT_BASE
+    #: Other references to the same base digest, tried in order when ``base`` cannot be fetched; None: the default
+    #: base's mirrors for the default base, none for any other.
+    base_mirrors: tuple[str, ...] | None = None
     #: One image per platform, sharing the model layers; several make the tag point at an index.
     platforms: tuple[Platform, ...] = (Platform("linux", "amd64"),)
     tag: str = "latest"
@@ -63,21 +72,24 @@ class PackOptions:
 
 
 def load_base(
-    ref_text: str, platform: Platform, layout: Layout, plain_http: bool = False
+    ref_text: str, platform: Platform, layout: Layout, plain_http: bool = False, mirrors: Sequence[str] = ()
 ) -> PlatformBase:
-    """The base image for ``platform`` and the annotations naming it; ``scratch`` means none."""
+    """The base image for ``platform`` and the annotations naming it; ``scratch`` means none.
+
+    The annotations name ``ref_text`` whichever mirror served it, so the image digest does not depend on that.
+    """
     if ref_text == "scratch":
         return PlatformBase(platform, scratch(platform), {})
-    from ocimodel.registry.client import RegistryClient
-    from ocimodel.registry.pull import pull_image
+    from ocimodel.registry.pull import pull_first
     from ocimodel.registry.reference import parse_reference
 
-    try:
-        ref = parse_reference(ref_text)
-    except ValueError as exc:
-        raise OcimodelError(f"--base {ref_text!r}: {exc}") from None
-    with RegistryClient(ref.registry, plain_http=plain_http) as client:
-        pulled = pull_image(ref, platform, layout, client=client)
+    refs = []
+    for text in (ref_text, *mirrors):
+        try:
+            refs.append(parse_reference(text))
+        except ValueError as exc:
+            raise OcimodelError(f"--base {text!r}: {exc}") from None
+    pulled = pull_first(refs, platform, layout, plain_http=plain_http)
     return PlatformBase(platform, Base(pulled.manifest_json, pulled.config_json), {
         ANNOTATION_BASE_NAME: ref_text,
         ANNOTATION_BASE_DIGEST: pulled.manifest.digest,
@@ -85,7 +97,10 @@ def load_base(
 
 
 def load_bases(options: PackOptions, layout: Layout) -> list[PlatformBase]:
-    return [load_base(options.base, p, layout, options.plain_http) for p in options.platforms]
+    mirrors = options.base_mirrors
+    if mirrors is None:
+        mirrors = DEFAULT_BASE_MIRRORS if options.base == DEFAULT_BASE else ()
+    return [load_base(options.base, p, layout, options.plain_http, mirrors) for p in options.platforms]
 
 
 def file_metadata(f: SourceFile) -> dict[str, object]:

@@ -76,7 +76,9 @@ class Fault:
       PATCH keeps what arrived), then the connection is reset without an answer;
     - with ``status``: that error is answered instead of serving (``code`` in the error body; a 401 carries the
       challenge the stub would send);
-    - with neither: the request is served normally, after ``before``.
+    - with neither: the request is served normally, after ``before``, with ``headers`` added to the answer (a
+      ``Range`` the registry cannot hold, say) and, with ``cut_answer``, its body broken off after that many bytes
+      (the full length announced, then the connection closed).
     """
 
     status: int | None = None
@@ -90,6 +92,7 @@ class Fault:
     every: int = 1
     reset_after: int | None = None
     before: Callable[[], None] | None = None
+    cut_answer: int | None = None
     #: Matching requests seen, and how many times the fault fired: for assertions.
     seen: int = field(default=0, init=False)
     fired: int = field(default=0, init=False)
@@ -139,6 +142,10 @@ class Behaviour:
     # whose ``_state`` no longer matches (the client's URL after a PATCH that broke off) cancels the session with 400
     # BLOB_UPLOAD_INVALID. Off, any ``_state`` issued for the session is good, as a registry that resumes needs.
     strict_state: bool = False
+    # Blob GETs ignore ``Range`` and answer the whole blob, as a registry without range support does.
+    ignore_range: bool = False
+    # Basic passwords answered 403 DENIED "Your authorization token has expired", as ECR answers an expired login token.
+    expired_passwords: set[str] = field(default_factory=set)
     # ECR as it behaves: PATCH answers 201, ``Range`` sticks after the 2nd chunk (data dropped), Basic auth only (a
     # configured "bearer" becomes Basic), and manifest PUTs come back without ``Docker-Content-Digest``.
     ecr_like: bool = False
@@ -479,19 +486,25 @@ class RegistryStub:
         if self.behaviour.redirect_blobs and call.method == "GET":
             location = f"http://{self.storage_host}/blobs/{name}/{digest}?X-Amz-Signature={secrets.token_hex(8)}"
             return Reply(307, headers={"Location": location})
-        return self._blob_reply(data, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest})
+        return self._blob_reply(data, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, call)
 
     def _storage_blob(self, call: Call) -> Reply:
         with self.lock:
             data = self.repositories.get(call.match["name"], Repository()).blobs.get(call.match["digest"])
         if data is None:
             return Reply(404, b"NoSuchKey")
-        return self._blob_reply(data, {"Content-Type": "application/octet-stream"})
+        return self._blob_reply(data, {"Content-Type": "application/octet-stream"}, call)
 
-    def _blob_reply(self, data: bytes, headers: dict[str, str]) -> Reply:
+    def _blob_reply(self, data: bytes, headers: dict[str, str], call: Call) -> Reply:
         if digest_of(data) in self.behaviour.truncate:
             return Reply(200, data[: len(data) // 2], headers, content_length=len(data))
-        return Reply(200, self._served(data), headers)
+        served = self._served(data)
+        wanted = re.fullmatch(r"bytes=(\d+)-", call.headers.get("Range", ""))
+        if wanted and call.method == "GET" and int(wanted[1]) < len(served) and not self.behaviour.ignore_range:
+            start = int(wanted[1])
+            headers = {**headers, "Content-Range": f"bytes {start}-{len(served) - 1}/{len(served)}"}
+            return Reply(206, served[start:], headers)
+        return Reply(200, served, headers)
 
     def _served(self, data: bytes) -> bytes:
         if digest_of(data) not in self.behaviour.corrupt:
@@ -683,6 +696,8 @@ class RegistryStub:
         action = "pull" if call.method in ("GET", "HEAD") else "push"
         given, _, value = call.headers.get("Authorization", "").partition(" ")
         if scheme == "basic":
+            if given.lower() == "basic" and self._expired_basic(value):
+                return Reply.error(403, "DENIED", "Your authorization token has expired. Reauthenticate and try again.")
             if given.lower() == "basic" and self._valid_basic(value):
                 return None
         elif given.lower() == "bearer":
@@ -713,6 +728,12 @@ class RegistryStub:
         with self.lock:
             token = self.tokens.get(value) if given.lower() == "bearer" else None
             return bool(token and token.valid and (repo, action) in token.scopes)
+
+    def _expired_basic(self, value: str) -> bool:
+        try:
+            return base64.b64decode(value).decode().partition(":")[2] in self.behaviour.expired_passwords
+        except ValueError:
+            return False
 
     def _valid_basic(self, value: str) -> bool:
         try:
@@ -820,6 +841,11 @@ class _Server:
                 reply = self.stub.fault_reply(fault, method, parts.path)
             else:
                 reply = self._route(method, parts.path, query, headers, body)
+                if fault is not None:
+                    reply.headers.update(fault.headers)
+                    if fault.cut_answer is not None and fault.cut_answer < len(reply.body):
+                        reply.content_length = len(reply.body)
+                        reply.body = reply.body[: fault.cut_answer]
             if not body.drain():
                 reply.close = True
             entry.status, entry.answer = reply.status, dict(reply.headers)

@@ -33,6 +33,9 @@ _DOCKER_HUB_SERVER_URL = "https://index.docker.io/v1/"
 _DOCKER_HUB_NAMES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
 _HELPER_TIMEOUT_SECONDS = 60
 _TOKEN_DEFAULT_EXPIRES_IN = 60
+# Basic credentials are looked up again this often, not on every request: a credential helper is a process to start,
+# while a token that changes (ECR's, renewed by its source before it expires) is picked up within a minute.
+_BASIC_RESOLVE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class Keychain:
             if creds is not None:
                 return creds
         return None
+
+    def forget(self, registry: str) -> None:
+        """Drop what sources cached for ``registry`` (a login token the registry no longer takes)."""
+        for source in self.sources:
+            forget = getattr(source, "forget", None)
+            if forget is not None:
+                forget(registry)
 
 
 def default_keychain(explicit: Mapping[str, Credentials] | None = None) -> Keychain:
@@ -215,6 +225,10 @@ class EcrCredentials:
             self._cache[registry] = (creds, expires_at - _ECR_RENEW_MARGIN_SECONDS)
             return creds
 
+    def forget(self, registry: str) -> None:
+        with self._lock:
+            self._cache.pop(registry, None)
+
     def _fetch(self, registry: str, region: str) -> tuple[Credentials, float]:
         try:
             from botocore.exceptions import BotoCoreError, ClientError
@@ -292,6 +306,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._credentials: Credentials | None = None
+        self._resolved_at = 0.0
         self._tokens: dict[tuple[str, str, frozenset[str]], _Token] = {}
 
     def authorization(self, scopes: Sequence[str]) -> str | None:
@@ -300,6 +315,8 @@ class Authenticator:
             if self._challenge is None:
                 return None
             if self._challenge.scheme == "basic":
+                if self._clock() >= self._resolved_at + _BASIC_RESOLVE_SECONDS:
+                    self._resolve()
                 return self._credentials.basic_header if self._credentials else None
             token = self._tokens.get(self._token_key(self._challenge, scopes))
             if token is None or self._clock() >= token.renew_at:
@@ -320,8 +337,10 @@ class Authenticator:
                 "only Basic and Bearer are supported"
             )
         with self._lock:
+            if self._credentials is not None and self._challenge is not None:
+                self._keychain.forget(self.registry)  # they were sent and refused: a cached login token is stale
             self._challenge = challenge
-            self._credentials = self._keychain.resolve(self.registry)
+            self._resolve()
             if challenge.scheme == "basic":
                 if self._credentials is None:
                     raise self.rejected(scopes)
@@ -329,6 +348,20 @@ class Authenticator:
                 return
             self._tokens.pop(self._token_key(challenge, scopes), None)
             self._bearer(challenge, scopes)
+
+    def relogin_after_denial(self) -> bool:
+        """After a 403 from ECR, log in again (True), once per refusal: ECR answers an expired token with 403
+        ("Your authorization token has expired") where other registries say 401. Other registries: False."""
+        with self._lock:
+            if parse_ecr(self.registry) is None or self._challenge is None or self._challenge.scheme != "basic":
+                return False
+            self._keychain.forget(self.registry)
+            self._resolve()
+            return self._credentials is not None
+
+    def _resolve(self) -> None:
+        self._credentials = self._keychain.resolve(self.registry)
+        self._resolved_at = self._clock()
 
     def rejected(self, scopes: Sequence[str]) -> OcimodelError:
         """The error for a registry that still says 401 after we authenticated as well as we could."""

@@ -11,14 +11,16 @@ import http.client
 import json
 import logging
 import random
+import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -40,7 +42,6 @@ from ocimodel.registry.reference import registry_url
 log = logging.getLogger("ocimodel.registry")
 
 MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
-CHUNK_SIZE = 1024 * 1024
 _ERROR_BODY_MAX_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
@@ -105,12 +106,172 @@ def _parse_retry_after(value: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a registry may keep us waiting, so a silent or trickling one costs seconds, and says so, not hours.
+
+    ``connect`` and ``read`` are the socket timeouts: no byte for ``read`` seconds fails the call; a registry may be
+    silent that long after a large upload, while it checks the digest. ``small`` bounds the whole of a request with a
+    small answer (token, ping, HEAD, manifest, opening an upload), sending to last byte: a registry trickling a byte
+    at a time never trips a read timeout. ``stall``: a blob download that gets less than 64 KiB in that long has
+    stalled. ``notice``: after that long, a warning says what is being waited for.
+    """
+
+    connect: float = 15.0
+    read: float = 120.0
+    small: float = 30.0
+    stall: float = 60.0
+    notice: float = 5.0
+
+
+#: The piece a stalled download is measured by: less than this in ``Deadlines.stall`` seconds has stalled.
+_STALL_PIECE = 64 * 1024
+_local = threading.local()
+
+
+class DeadlineExceeded(requests.Timeout):
+    """A watched wait ran out; its message says which deadline, for the error line."""
+
+
+class _Guard:
+    """One watched wait: past ``limit`` seconds the watchdog shuts its connection's socket down, which ends the
+    blocked read or write at once (a socket timeout alone restarts with every byte that trickles in)."""
+
+    def __init__(self, what: str, limit: float, notice: float, expiry: str) -> None:
+        self.what = what
+        self.limit = limit
+        self.notice = notice
+        self.expiry = expiry
+        self.connection: object | None = None
+        self.expired: str | None = None
+        self.started: float | None = time.monotonic()
+        self.noticed = False
+
+    def due(self) -> float | None:
+        if self.started is None or self.expired is not None:
+            return None
+        return self.started + (self.limit if self.noticed else min(self.notice, self.limit))
+
+    def check(self, now: float) -> None:
+        if self.started is None or self.expired is not None:
+            return
+        waited = now - self.started
+        if waited >= self.limit:
+            self.expired = self.expiry
+            sock = getattr(self.connection, "sock", None)
+            if isinstance(sock, socket.socket):
+                with suppress(OSError):
+                    # The plain socket's shutdown, also under TLS: the blocked read then ends with an OSError, while
+                    # SSLSocket.shutdown would unwrap it under the reader's feet.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        elif waited >= self.notice and not self.noticed:
+            self.noticed = True
+            log.warning("still waiting for %s (%.1fs so far; giving up at %gs)", self.what, waited, self.limit)
+
+
+class _Watchdog:
+    """One daemon thread for every watched wait in the process, asleep until the next one is due."""
+
+    def __init__(self) -> None:
+        self._guards: set[_Guard] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._wake_at: float | None = None
+
+    def add(self, guard: _Guard) -> None:
+        with self._cond:
+            self._guards.add(guard)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ocimodel-deadlines", daemon=True)
+                self._thread.start()
+            self._poke(guard)
+
+    def remove(self, guard: _Guard) -> None:
+        with self._cond:
+            self._guards.discard(guard)
+
+    def restart(self, guard: _Guard) -> None:
+        """The guarded wait begins again (the next piece of a download)."""
+        with self._cond:
+            guard.started, guard.noticed = time.monotonic(), False
+            self._poke(guard)
+
+    def pause(self, guard: _Guard) -> None:
+        """Not waiting on the registry now (the caller holds a piece): time does not count."""
+        with self._cond:
+            guard.started = None
+
+    def _poke(self, guard: _Guard) -> None:
+        due = guard.due()
+        if due is not None and (self._wake_at is None or due < self._wake_at):
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for guard in self._guards:
+                    guard.check(now)
+                dues = [d for d in (g.due() for g in self._guards) if d is not None]
+                self._wake_at = min(dues) if dues else None
+                self._cond.wait(None if self._wake_at is None else max(0.0, self._wake_at - time.monotonic()))
+
+
+_WATCHDOG = _Watchdog()
+
+
+@contextmanager
+def _watched(what: str, limit: float, notice: float, expiry: str, connection: object = None) -> Iterator[_Guard]:
+    """Watch ``connection``, or else the one the calls made inside use (they must not yield: the thread's other
+    work would be watched too): it is shut down if ``limit`` passes."""
+    guard = _Guard(what, limit, notice, expiry)
+    guard.connection = connection
+    previous = getattr(_local, "guard", None)
+    if connection is None:
+        _local.guard = guard
+    _WATCHDOG.add(guard)
+    try:
+        yield guard
+    finally:
+        _WATCHDOG.remove(guard)
+        if connection is None:
+            _local.guard = previous
+
+
+class _Watched:
+    """A urllib3 connection that tells the wait being watched on this thread (if any) which socket to shut down."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        guard = getattr(_local, "guard", None)
+        if guard is not None:
+            guard.connection = self
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
 class _Adapter(requests.adapters.HTTPAdapter):
-    """Sends bodies in 1 MiB writes instead of urllib3's 16 KiB: fewer system calls for multi-GB blobs."""
+    """Sends bodies in 1 MiB writes instead of urllib3's 16 KiB (fewer system calls for multi-GB blobs), over
+    connections the deadline watchdog can end."""
 
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("blocksize", 1 << 20)
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def _new_session() -> requests.Session:
@@ -136,14 +297,15 @@ class RegistryClient:
         keychain: Keychain | None = None,
         session: requests.Session | None = None,
         retry: RetryPolicy = RetryPolicy(),
-        timeout: tuple[float, float] = (15.0, 120.0),
+        deadlines: Deadlines = Deadlines(),
     ) -> None:
         self.registry = registry
         self.base_url = registry_url(registry, plain_http=plain_http)
         self._origin = _origin(self.base_url)
         self._session = session or _new_session()
         self._retry = retry
-        self._timeout = timeout
+        self._deadlines = deadlines
+        self._timeout = (deadlines.connect, deadlines.read)
         self._auth = Authenticator(registry, keychain or default_keychain(), self._fetch_token)
 
     def __enter__(self) -> RegistryClient:
@@ -198,21 +360,48 @@ class RegistryClient:
             ) from None
 
     def stream_blob(self, repository: str, digest: str) -> Iterator[bytes]:
-        """The blob in chunks of at most 1 MiB, verified: the last step raises DigestMismatch if it was wrong.
+        """The blob in chunks of at most 64 KiB, verified: the last step raises DigestMismatch if it was wrong.
 
-        The bytes are taken exactly as sent (no transfer decoding), since that is what the digest covers.
+        The bytes are taken exactly as sent (no transfer decoding), since that is what the digest covers. A connection
+        lost mid-body is picked up where it broke (``Range``; from the start, skipping what was already passed on, if
+        the registry ignores it), as uploads resume, within the retry policy's attempts.
         """
-        response = self.request(
-            "GET", self.url(repository, f"blobs/{digest}"), repository, headers={"Accept-Encoding": "identity"}
-        )
         hasher = hashlib.sha256()
-        with response:
-            try:
-                for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
-                    hasher.update(chunk)
-                    yield chunk
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise self._lost_connection(response, f"blob {digest} of {repository}", exc) from None
+        received = 0
+        drops = 0
+        while True:
+            headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={received}-"} if received else {})}
+            response = self.request("GET", self.url(repository, f"blobs/{digest}"), repository, headers=headers,
+                                    ok=(200, 206), patient=True)
+            what = f"blob {digest} of {repository}"
+            stall = self._deadlines.stall
+            with response, _watched(f"{self._where(response.url)} to send more of {what}", stall,
+                                    self._deadlines.notice, f"less than 64 KiB in {stall:g}s",
+                                    response.raw.connection) as guard:
+                skip = received if response.status_code == 200 else _range_start(response, received)
+                try:
+                    for chunk in response.raw.stream(_STALL_PIECE, decode_content=False):
+                        if skip:
+                            dropped, chunk = chunk[:skip], chunk[skip:]
+                            skip -= len(dropped)
+                            if not chunk:
+                                continue
+                        hasher.update(chunk)
+                        received += len(chunk)
+                        _WATCHDOG.pause(guard)
+                        yield chunk
+                        _WATCHDOG.restart(guard)
+                    if guard.expired:  # cut short by the watchdog, an answer without a length may look whole
+                        raise OSError(guard.expired)
+                    break
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    drops += 1
+                    lost = self._lost_connection(response, what, DeadlineExceeded(guard.expired) if guard.expired else exc)
+                    if drops >= self._retry.attempts:
+                        raise lost from None
+            delay = self._retry.delay(drops)
+            log.info("%s; resuming at byte %d in %.1fs", lost, received, delay)
+            self._retry.sleep(delay)
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(
@@ -232,26 +421,41 @@ class RegistryClient:
         body: Body | None = None,
         ok: Container[int] = (200,),
         retry: bool | None = None,
+        patient: bool = False,
     ) -> requests.Response:
-        """Send one API call, authenticated for ``actions`` on ``repository``; the body of the answer is streamed.
+        """Send one API call, authenticated for ``actions`` on ``repository``.
 
         A 401 triggers one re-authentication and resend. Transient failures are retried when ``retry`` (default:
         for GET and HEAD only; pass True for a request that is safe to repeat, such as a manifest PUT). Any status
         not in ``ok`` becomes an OcimodelError explaining what went wrong.
+
+        A request sending a streamed body, or ``patient`` (its answer is a blob, or may take long: the PUT that has
+        the registry check a large blob's digest), is bounded by the socket timeouts and streams its answer; any
+        other is small and must be over, answer read (up to the manifest size cap), within ``Deadlines.small``.
         """
         scopes = [repository_scope(repository, actions), *extra_scopes]
         retry = method in _IDEMPOTENT if retry is None else retry
+        small = not patient and not callable(body)
+        what = f"registry {self.registry} to answer {method} of {_subject(url, repository)}"
         for reauthenticated in (False, True):
             response = self._with_retries(
-                lambda: self._send(method, url, scopes, headers, params, body), method, url, repository, retry
+                lambda: self._send(method, url, scopes, headers, params, body, what if small else None),
+                method, url, repository, retry,
             )
-            if response.status_code != 401 or _origin(response.url) != self._origin:
+            if _origin(response.url) != self._origin or response.status_code not in (401, 403) or reauthenticated:
                 break
-            challenge = response.headers.get("WWW-Authenticate")
+            if response.status_code == 401:
+                challenge = response.headers.get("WWW-Authenticate")
+                _discard(response)
+                self._auth.authenticate(challenge, scopes)
+            elif self._auth.relogin_after_denial():
+                log.info("registry %s denied %s %s; logging in again, once", self.registry, method, _redact(url))
+                _discard(response)
+            else:
+                break
+        if response.status_code == 401 and _origin(response.url) == self._origin:
             _discard(response)
-            if reauthenticated:
-                raise self._auth.rejected(scopes)
-            self._auth.authenticate(challenge, scopes)
+            raise self._auth.rejected(scopes)
         if response.status_code not in ok:
             with response:
                 raise self._error(method, url, repository, response)
@@ -265,8 +469,10 @@ class RegistryClient:
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
         body: Body | None,
+        small: str | None,
     ) -> requests.Response:
-        """One exchange, following redirects of reads by hand so credentials never reach another host."""
+        """One exchange, following redirects of reads by hand so credentials never reach another host; ``small``
+        says what is waited for when it is a small request, under ``Deadlines.small``."""
         for _ in range(_MAX_REDIRECTS + 1):
             sent = dict(headers or {})
             if _origin(url) == self._origin:  # same scheme too: never a token over http after https
@@ -275,16 +481,14 @@ class RegistryClient:
                     sent["Authorization"] = authorization
             started = time.monotonic()
             with body() if callable(body) else nullcontext(body) as data:
-                response = self._session.request(
+                response = self._exchange(
+                    small,
                     method,
                     url,
                     headers=sent,
                     params=params,
                     data=data,
-                    stream=True,
                     allow_redirects=False,
-                    timeout=self._timeout,
-                    auth=_no_netrc,
                 )
             log.debug(
                 "%s %s -> %d (%.2fs)", method, _redact(response.url), response.status_code, time.monotonic() - started
@@ -330,9 +534,35 @@ class RegistryClient:
             self._retry.sleep(delay)
             attempt += 1
 
+    def _exchange(self, small: str | None, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """``session.request`` without netrc (it would put ~/.netrc credentials over ours); a small request (``small``
+        says what for) runs under ``Deadlines.small``, its answer read into the response within that time."""
+        kwargs.update(stream=True, timeout=self._timeout, auth=_no_netrc)
+        if small is None:
+            return self._session.request(method, url, **kwargs)
+        limit = self._deadlines.small
+        with _watched(small, limit, self._deadlines.notice, f"no complete answer within {limit:g}s") as guard:
+            try:
+                response = self._session.request(method, url, **kwargs)
+            except requests.RequestException:
+                if guard.expired:
+                    raise DeadlineExceeded(guard.expired) from None
+                raise
+            try:
+                _preload(response, MANIFEST_MAX_BYTES)
+            except requests.RequestException as exc:
+                if guard.expired:
+                    raise DeadlineExceeded(guard.expired) from None
+                raise requests.ConnectionError(exc) from None  # an answer broken off: worth another try
+            if guard.expired:  # cut short by the watchdog, the answer may still have looked whole
+                response.close()
+                raise DeadlineExceeded(guard.expired)
+        return response
+
     def _fetch_token(self, url: str, params: list[tuple[str, str]], headers: dict[str, str]) -> requests.Response:
+        what = f"token service {urlsplit(url).netloc} of registry {self.registry}"
         return self._with_retries(
-            lambda: self._session.get(url, params=params, headers=headers, timeout=self._timeout),
+            lambda: self._exchange(what, "GET", url, params=params, headers=headers),
             "GET",
             url,
             None,
@@ -341,6 +571,11 @@ class RegistryClient:
 
     def _unreachable(self, exc: requests.RequestException, url: str, repository: str | None) -> RegistryError:
         what = f" for {repository}" if repository else ""
+        if isinstance(exc, DeadlineExceeded):
+            return RegistryError(
+                f"{self._where(url)} accepted the connection but kept us waiting{what} ({exc}): it may be overloaded, "
+                "or a proxy or firewall holds the connection; try again later"
+            )
         hint = (
             "if the registry speaks plain HTTP, allow plain HTTP for it; otherwise check its certificate"
             if isinstance(exc, requests.exceptions.SSLError)
@@ -417,6 +652,30 @@ def _read_capped(response: requests.Response, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
+def _preload(response: requests.Response, limit: int) -> None:
+    """Read a small answer now (``limit`` bytes and one more at most, so an oversized one is still seen as such),
+    where the caller finds it as usual (``content``, ``iter_content``)."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            break
+    response._content = b"".join(parts)[: limit + 1]
+    response._content_consumed = True
+
+
+def _range_start(response: requests.Response, wanted: int) -> int:
+    """Bytes to skip at the start of a 206 answer to ``Range: bytes=<wanted>-``: 0 when it starts where asked."""
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    start = int(match.group(1)) if match else -1
+    if not 0 <= start <= wanted:
+        raise RegistryError(f"registry answered a resumed download with the wrong range ({start}, not {wanted}): try again")
+    return wanted - start
+
+
 def _discard(response: requests.Response) -> None:
     """Drain a small unwanted body so its connection goes back to the pool; a big (or broken) one just closes it."""
     with suppress(requests.RequestException):
@@ -453,6 +712,8 @@ _REASONS: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
 
 def _reason(exc: BaseException) -> str:
     """A short cause, found by type: exception texts embed URLs whose queries may hold secrets."""
+    if isinstance(exc, DeadlineExceeded):
+        return str(exc)
     chain: list[BaseException] = []
     pending = [exc]
     while pending:

@@ -6,6 +6,8 @@ config and layers next to it, and a failed pull leaves nothing half-referenced b
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.reference import Reference
 
+log = logging.getLogger("ocimodel.registry")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,32 @@ def pull_image(
         if client is None:
             client = stack.enter_context(RegistryClient(ref.registry))
         return _Puller(ref, layout, client).pull(ref.digest, platform)
+
+
+def pull_first(refs: Sequence[Reference], platform: Platform, layout: Layout, *, plain_http: bool = False) -> PulledImage:
+    """``pull_image`` from the first of ``refs`` that serves it: copies of one digest on several registries.
+
+    A digest names the content, so any registry holding it gives the same image; when none can, the one error line
+    names every host tried and why each failed.
+    """
+    digests = {ref.digest for ref in refs}
+    if len(digests) != 1:
+        raise OcimodelError(f"mirrors of a base image must name one digest, not {', '.join(map(str, digests))}")
+    failures: list[str] = []
+    for ref in refs:
+        try:
+            with RegistryClient(ref.registry, plain_http=plain_http) as client:
+                return pull_image(ref, platform, layout, client=client)
+        except OcimodelError as exc:
+            if len(refs) == 1:
+                raise
+            log.warning("base image from %s failed (%s); trying the next registry", ref.api_host, exc)
+            failures.append(f"{ref.api_host}: {exc}")
+    hosts = ", ".join(ref.api_host for ref in refs)
+    raise OcimodelError(
+        f"cannot fetch base image {refs[0].digest} from any of {hosts} ({'; '.join(failures)}): pass --base (or set "
+        "OCIMODEL_BASE_IMAGE) to a copy of the image on a registry you can reach"
+    )
 
 
 class _Puller:

@@ -15,6 +15,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urljoin
 
@@ -35,10 +36,24 @@ log = logging.getLogger("ocimodel.registry")
 
 DEFAULT_CHUNK_SIZE = 128 << 20
 _SESSION_LOST = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"})
+#: ECR's largest layer ("Layer size", ECR service quotas): anything bigger is refused after it was all sent.
+ECR_MAX_LAYER_BYTES = 52_000 << 20
 
 
 def is_ecr(registry: str) -> bool:
     return parse_ecr(registry) is not None
+
+
+def refuse_oversized_layers(registry: str, layers: Iterable[tuple[str, int]]) -> None:
+    """Stop before any byte moves if ECR would refuse a layer (``layers``: what to call it, its size)."""
+    if not is_ecr(registry):
+        return
+    for name, size in layers:
+        if size > ECR_MAX_LAYER_BYTES:
+            raise OcimodelError(
+                f"{name} is {human_size(size)}, more than the {human_size(ECR_MAX_LAYER_BYTES)} ECR accepts in one "
+                f"layer ({registry}); nothing was sent: leave it out (--exclude) or use another registry"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,8 @@ class Upload:
     digest: str | None
     read: Callable[[int, int], Iterable[bytes]]
     label: str
+    #: The file the bytes are read from, when there is one: named when the registry finds they do not match.
+    path: Path | None = None
 
     @classmethod
     def of_bytes(cls, data: bytes, digest: str, label: str) -> Upload:
@@ -170,7 +187,7 @@ class Upload:
 
 def layout_upload(layout: Layout, blob: Descriptor) -> Upload:
     path = layout.blob_path(blob.digest)
-    return Upload(blob.size, blob.digest, partial(read_range, path, size=blob.size), _label(blob))
+    return Upload(blob.size, blob.digest, partial(read_range, path, size=blob.size), _label(blob), path)
 
 
 class _StreamHash:
@@ -307,6 +324,7 @@ class Pusher:
 
     def push_blob(self, upload: Upload, stop: threading.Event | None = None, *, absent: bool = False) -> BlobOutcome:
         """``absent``: the caller has just found (HEAD) that the repository lacks the blob, so it is not asked twice."""
+        refuse_oversized_layers(self.client.registry, [(f"layer {upload.label}", upload.size)])
         if (
             upload.digest is not None
             and not absent
@@ -346,6 +364,8 @@ class Pusher:
                         log.warning("registry %s mishandles chunked uploads (%s): using whole-blob uploads", self.client.registry, exc)
                     self.chunking = False
             except RegistryError as exc:
+                if upload.digest is not None and "DIGEST_INVALID" in exc.codes:
+                    raise self._mismatch(upload, exc) from None
                 failures += 1
                 # 416: the registry and we disagree on how much of the session it holds; a fresh one settles it.
                 restartable = exc.transient or bool(exc.codes & _SESSION_LOST) or exc.status == 416
@@ -355,6 +375,18 @@ class Pusher:
                 log.info("blob %s: %s; starting over in %.1fs", upload.label, exc, delay)
                 self.options.retry.sleep(delay)
             task.advance(-sent)
+
+    def _mismatch(self, upload: Upload, exc: RegistryError) -> RegistryError:
+        """The registry found the bytes do not hash to the digest they were sent under: name the blob, not the
+        upload session the error came from (codes kept, so a caller can still tell what happened)."""
+        where = f" ({upload.path})" if upload.path else ""
+        fix = "the file is damaged (pack the layout again)" if upload.path else "its files changed (run again with --no-cache)"
+        return RegistryError(
+            f"blob {upload.digest}{where}: registry {self.client.registry} found that the bytes it received do not hash "
+            f"to that digest (DIGEST_INVALID): {fix}, or the registry lost part of the upload (try again)",
+            status=exc.status,
+            codes=exc.codes,
+        )
 
     def _mount_candidates(self, digest: str) -> list[str]:
         candidates = list(self.options.mount_from)
@@ -411,10 +443,12 @@ class Pusher:
         chunk = max(self.options.chunk_size, session.min_chunk)
         offset = 0
         stalls = 0
+        sent_end = 0  # the end of the bytes sent so far in this session: the registry cannot hold more
         while offset < upload.size:
             length = min(chunk, upload.size - offset)
             end = offset + length - 1
             body = _Body(upload, offset, length, progress, hasher)
+            sent_end = max(sent_end, end + 1)
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{offset}-{end}",
@@ -428,6 +462,13 @@ class Pusher:
                 stalls += 1
                 self.options.retry.sleep(self.options.retry.delay(stalls, exc.retry_after))
                 resumed = self._resume_point(session)
+                if resumed > sent_end:
+                    # A Range past what was ever sent (past the blob's end, even) is not a place to resume from.
+                    raise RegistryError(
+                        f"registry {self.client.registry} says the upload of {upload.label} holds {resumed} bytes, "
+                        f"but only {sent_end} were sent",
+                        codes=frozenset({"BLOB_UPLOAD_INVALID"}),
+                    ) from None
                 log.info("blob %s: chunk %d-%d failed (%s); resuming at %d", upload.label, offset, end, exc, resumed)
                 # The bar counted what left this process, not what the registry kept.
                 progress(resumed - offset - body.counted)
@@ -449,7 +490,10 @@ class Pusher:
         if upload.digest is None:
             assert hasher is not None and hasher.position == upload.size
         digest = upload.digest or hasher.digest  # type: ignore[union-attr]
-        self._request("PUT", session.location, {"Content-Length": "0"}, None, params={"digest": digest}, retry=True).close()
+        # patient: the registry may now read the whole blob back to check its digest before it answers.
+        self._request(
+            "PUT", session.location, {"Content-Length": "0"}, None, params={"digest": digest}, retry=True, patient=True
+        ).close()
         return digest
 
     def _request(
@@ -462,10 +506,11 @@ class Pusher:
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (201, 204),
         retry: bool = False,
+        patient: bool = False,
     ) -> requests.Response:
         return self.client.request(
             method, url, self.repository, actions=("pull", "push"), headers=headers, params=params, body=body,
-            ok=ok, retry=retry,
+            ok=ok, retry=retry, patient=patient,
         )
 
     def _resume_point(self, session: _Session) -> int:
@@ -492,7 +537,9 @@ class Pusher:
             answered = response.headers.get("Docker-Content-Digest")
         if answered and answered != desc.digest:
             raise OcimodelError(
-                f"registry {self.client.registry} stored manifest {desc.digest} as {answered}; it rewrote the bytes"
+                f"registry {self.client.registry} answered the PUT of manifest {desc.digest} (as {reference}) with "
+                f"digest {answered}: it stored something other than the bytes sent, and {self.repository}:{reference} "
+                f"may now point at {answered}; do not deploy it, and report the registry's behaviour"
             )
 
 
@@ -526,6 +573,9 @@ def push(
     """Push the layout's image (``tag``, or its only tag) to ``ref``; the tag pushed defaults to the layout's."""
     layout_tag, top = select_tag(layout, tag)
     image = collect(layout, top)
+    refuse_oversized_layers(
+        client.registry, ((f"blob {b.digest} ({layout.blob_path(b.digest)})", b.size) for b in image.blobs)
+    )
     pusher = Pusher(client, ref.repository, options, reporter, known)
     pusher.check_access()
     by_digest = {o.digest: o for o in pusher.push_all(layout_upload(layout, b) for b in image.blobs)}

@@ -75,6 +75,12 @@ def parse_reference(text: str) -> Reference:
 
     name, at, digest = text.partition("@")
     if at and not is_digest(digest):
+        if "/" in digest or ":" in name:
+            # ``user:password@host/repo``: refuse it without repeating it, since the password is in it.
+            raise ValueError(
+                "an image reference cannot carry credentials (user:password@host/...), and what follows '@' is not a "
+                "digest: log in with docker login or --username/--password-stdin"
+            )
         raise ValueError(f"invalid digest in {original!r}: expected sha256: followed by 64 lowercase hex digits")
     tag: str | None = None
     last_slash = name.rfind("/")
@@ -151,9 +157,11 @@ class EcrHost:
     region: str
 
 
-#: Private ECR: ``<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]``, optionally with a port.
+#: Private ECR in every endpoint form AWS documents: ``<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`` and the
+#: dual-stack ``<account>.dkr-ecr[-fips].<region>.on.aws``, optionally with a port.
 _ECR = re.compile(
-    r"^(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?(?::[0-9]+)?$"
+    r"^(?P<account>[0-9]{12})\.(?:dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
+    r"|dkr-ecr(?:-fips)?\.(?P<dual_region>[a-z0-9-]+)\.on\.aws)(?::[0-9]+)?$"
 )
 
 
@@ -164,6 +172,6 @@ def is_tag(text: str) -> bool:
 
 def parse_ecr(registry: str) -> EcrHost | None:
     """Account and region of a private ECR registry host; None for any other registry."""
-    match = _ECR.match(registry)
-    return EcrHost(match["account"], match["region"]) if match else None
+    match = _ECR.match(registry.lower())
+    return EcrHost(match["account"], match["region"] or match["dual_region"]) if match else None
 

@@ -368,3 +368,34 @@ def test_ecr_token_from_boto3_against_moto(monkeypatch: pytest.MonkeyPatch) -> N
         creds = EcrCredentials()("123456789012.dkr.ecr.ap-southeast-2.amazonaws.com")
     assert creds is not None and creds.username == "AWS" and creds.password
     assert creds.password not in repr(creds)
+
+
+def test_token_requests_ignore_netrc(stub_with_blobs: tuple[RegistryStub, list[str]], docker_config: Path) -> None:
+    """A ~/.netrc entry for the token host must neither be sent anonymously nor replace the credentials given."""
+    stub, digests = stub_with_blobs
+    stub.behaviour.auth, stub.behaviour.users = "bearer", {"alice": PASSWORD, "netrc-user": "netrc-pass"}
+    netrc = Path(os.environ["HOME"]) / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pass\n")
+    netrc.chmod(0o600)
+    with client_for(stub) as client:
+        client.head_blob(REPO, digests[0])
+    assert [r.authorization for r in stub.token_requests()] == [None]
+    stub.clear_log()
+    stub.behaviour.users = {"alice": PASSWORD}  # the netrc user would now be refused by the token service
+    with client_for(stub, Credentials("alice", PASSWORD)) as client:
+        client.head_blob(REPO, digests[0])
+    assert [(r.authorization, r.status) for r in stub.token_requests()] == [("Basic", 200)]
+
+
+def test_basic_credentials_are_looked_up_again_as_their_source_renews_them() -> None:
+    """An ECR token renewed by its source is used from then on, with no 401 needed to notice it."""
+    now = [datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()]
+    fake = FakeEcr(None)
+    ecr = EcrCredentials(lambda region: fake, clock=lambda: now[0])
+    host = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    auth = Authenticator(host, Keychain((ecr,)), fetch_token=lambda *a: None, clock=lambda: now[0])  # type: ignore[arg-type, return-value]
+    auth.authenticate('Basic realm="ecr"', [])
+    first = auth.authorization([])
+    assert first == Credentials("AWS", "ecr-password-1").basic_header
+    now[0] += timedelta(hours=12).total_seconds()  # ECR's token would have expired; its source renewed it
+    assert auth.authorization([]) == Credentials("AWS", "ecr-password-2").basic_header

@@ -293,3 +293,82 @@ def test_head_blob(stub: RegistryStub, client: Client) -> None:
     with client() as c:
         assert c.head_blob(REPO, digest) == 1
         assert c.head_blob(REPO, "sha256:" + "1" * 64) is None
+
+
+@pytest.mark.parametrize("honours_range", [True, False])
+def test_connection_dropped_mid_blob_is_resumed(
+    stub: RegistryStub, layout: Layout, client: Client, honours_range: bool
+) -> None:
+    """A base layer whose download breaks off after its first MiB is picked up there (or read again from the start
+    by a registry that ignores Range) and still verified against its digest."""
+    big = bytes(range(256)) * 6000  # ~1.5 MiB, cut after 1.2 MB
+    manifest = stub.add_image(REPO, [big], config_for(AMD64))
+    layer = json.loads(stub.repository(REPO).manifests[manifest["digest"]][0])["layers"][0]["digest"]
+    stub.behaviour.faults.append(Fault(method="GET", path_contains=layer, cut_answer=1_200_000))
+    stub.behaviour.ignore_range = not honours_range
+    with client() as c:
+        pull_image(ref_to(stub, manifest["digest"]), AMD64, layout, client=c)
+    assert layout.read_blob(layer) == big
+    gets = [r for r in stub.requests_to() if r.path.endswith(layer)]
+    assert [r.status for r in gets] == [200, 206 if honours_range else 200]
+    assert gets[1].headers.get("Range") == "bytes=1200000-"
+    assert len(client.sleeps) == 1
+
+
+def test_base_mirrors_are_tried_in_order_for_the_same_digest(stub: RegistryStub, layout: Layout, tmp_path: Path) -> None:
+    """The first registry lacks the image, the second wants credentials, the third serves it: the image (and the
+    annotations naming it, so the digest built on it) is the one the first reference names."""
+    from ocimodel.pack import PackOptions, load_bases
+
+    with RegistryStub() as empty, RegistryStub(Behaviour(auth="basic", users={"u": PASSWORD})) as private:
+        manifest = stub.add_image(REPO, layers_for(AMD64), config_for(AMD64))
+        digest = manifest["digest"]
+        private.add_image(REPO, layers_for(AMD64), config_for(AMD64))
+        refs = [f"{host}/{REPO}@{digest}" for host in (empty.host, private.host, stub.host)]
+        [base] = load_bases(PackOptions(base=refs[0], base_mirrors=tuple(refs[1:])), layout)
+        assert base.annotations["org.opencontainers.image.base.name"] == refs[0]
+        assert base.annotations["org.opencontainers.image.base.digest"] == digest
+        assert layout.has_blob(digest)
+        assert [r.status for r in empty.requests_to()] == [404]
+        assert [r.status for r in private.requests_to()] == [401]
+
+        stub.repositories.clear()
+        with pytest.raises(OcimodelError) as err:
+            load_bases(PackOptions(base=refs[0], base_mirrors=tuple(refs[1:])), Layout.create(tmp_path / "other"))
+    message = str(err.value)
+    assert message.startswith(f"cannot fetch base image {digest} from any of {empty.host}, {private.host}, {stub.host} (")
+    assert "\n" not in message and "OCIMODEL_BASE_IMAGE" in message
+
+
+def test_mirrors_must_name_one_digest(stub: RegistryStub, layout: Layout) -> None:
+    from ocimodel.pack import PackOptions, load_bases
+
+    one, other = f"{stub.host}/{REPO}@sha256:{'a' * 64}", f"{stub.host}/{REPO}@sha256:{'b' * 64}"
+    with pytest.raises(OcimodelError, match="must name one digest"):
+        load_bases(PackOptions(base=one, base_mirrors=(other,)), layout)
+    assert stub.log == []
+
+
+def test_default_base_comes_with_its_mirrors_and_a_team_base_with_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocimodel import cli
+    from ocimodel.pack import DEFAULT_BASE, DEFAULT_BASE_MIRRORS
+
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    monkeypatch.setattr("ocimodel.pack.load_base", lambda text, p, layout, plain, mirrors: seen.append((text, mirrors)))
+    from ocimodel.pack import load_bases
+
+    def options(base: str | None) -> Any:
+        return cli._pack_options(base, "linux/amd64", "latest", cli.Compression.none, [], [], None, False, False, [], [])
+
+    load_bases(options(None), None)  # type: ignore[arg-type]
+    monkeypatch.setenv("OCIMODEL_BASE_IMAGE", f"registry.example.com/team/base@sha256:{'c' * 64}")
+    load_bases(options(None), None)  # type: ignore[arg-type]
+    load_bases(options("scratch"), None)  # type: ignore[arg-type]
+    digests = {parse_reference(m).digest for m in DEFAULT_BASE_MIRRORS}
+    assert digests == {parse_reference(DEFAULT_BASE).digest}
+    assert {parse_reference(m).api_host for m in DEFAULT_BASE_MIRRORS} == {"registry-1.docker.io", "mirror.gcr.io"}
+    assert seen == [
+        (DEFAULT_BASE, DEFAULT_BASE_MIRRORS),
+        (f"registry.example.com/team/base@sha256:{'c' * 64}", ()),
+        ("scratch", ()),
+    ]

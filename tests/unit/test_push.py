@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import random
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,11 @@ from ocimodel.layout.descriptor import (
     canonical_json,
 )
 from ocimodel.layout.store import Layout
-from ocimodel.registry.auth import Credentials, Keychain
+from ocimodel.registry.auth import Credentials, EcrCredentials, Keychain
 from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
 from ocimodel.registry.known import KnownBlobs
-from ocimodel.registry.push import PushOptions, PushResult, is_ecr, push
+from ocimodel.registry.push import PushOptions, PushResult, Upload, is_ecr, push
+from ocimodel.registry.push import Pusher as BlobSender
 from ocimodel.registry.reference import parse_reference
 from tests.registry_stub import (
     Behaviour,
@@ -52,6 +55,8 @@ PASSWORD = "pu5h-Pa55word-never-shown"
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
 ECR_HOST = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+#: ECR's largest layer, 52,000 MiB (ECR service quotas).
+ECR_MAX_LAYER_BYTES = 52_000 << 20
 #: Size of the one blob big enough to be chunked: five full chunks and a ragged end.
 BIG = 5 * CHUNK + 1234
 
@@ -787,3 +792,153 @@ def test_no_secret_in_errors_or_logs(
     for secret in secrets:
         assert secret not in caplog.text
         assert all(secret not in m for m in messages)
+
+
+# --- registries that misbehave: ECR's token and size limit, impossible ranges, rewritten or refused bytes --------
+
+
+class FakeEcr:
+    """ECR's GetAuthorizationToken: a new token per call, valid 12 hours."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def get_authorization_token(self) -> dict[str, Any]:
+        self.tokens.append(f"ecr-token-{len(self.tokens) + 1}")
+        auth = base64.b64encode(f"AWS:{self.tokens[-1]}".encode()).decode()
+        expires = datetime.now(timezone.utc) + timedelta(hours=12)
+        return {"authorizationData": [{"authorizationToken": auth, "expiresAt": expires}]}
+
+
+def ecr_client(stub: RegistryStub, fake: FakeEcr, sleeps: list[float]) -> RegistryClient:
+    session = requests.Session()
+    session.trust_env = False
+    session.mount(f"http://{ECR_HOST}/", _Redirector(ECR_HOST, stub.host))
+    keychain = Keychain((EcrCredentials(lambda region: fake),))
+    return RegistryClient(ECR_HOST, plain_http=True, keychain=keychain, session=session,
+                          retry=RetryPolicy(sleep=sleeps.append))
+
+
+def push_to_ecr(stub: RegistryStub, image: Image, fake: FakeEcr) -> Any:
+    sleeps: list[float] = []
+    ref = parse_reference(f"{ECR_HOST}/{REPO}:latest")
+    options = PushOptions(jobs=1, chunk_size=CHUNK, retry=RetryPolicy(sleep=sleeps.append))
+    with ecr_client(stub, fake, sleeps) as client:
+        return push(image.layout, ref, tag=None, options=options, reporter=Pusher(stub).reporter, client=client)
+
+
+def test_ecr_token_expiring_mid_push_is_renewed_with_one_login(stub: RegistryStub, image: Image) -> None:
+    """ECR answers an expired token with 403 DENIED, not 401: log in again once and finish with the same digest."""
+    fake = FakeEcr()
+    stub.behaviour = Behaviour(ecr_like=True, auth="basic", users={"AWS": "ecr-token-1"})
+
+    def expire() -> None:
+        stub.behaviour.expired_passwords.add("ecr-token-1")
+        stub.behaviour.users = {"AWS": "ecr-token-2"}
+
+    stub.behaviour.faults.append(Fault(before=expire, method="PUT", query_contains="digest=", nth=2))
+    result = push_to_ecr(stub, image, fake)
+    assert_pushed(stub, image, result)
+    assert result.reference == f"{ECR_HOST}/{REPO}@{image.top.digest}"
+    assert fake.tokens == ["ecr-token-1", "ecr-token-2"]
+    denied = [r for r in stub.requests_to() if r.status == 403]
+    assert len(denied) == 1 and denied[0].method == "PUT"
+
+
+def test_genuine_ecr_denial_fails_after_one_new_login(stub: RegistryStub, image: Image) -> None:
+    """A 403 that a new login does not cure (IAM denies the push) fails cleanly; other registries get no retry."""
+    fake = FakeEcr()
+    stub.behaviour = Behaviour(ecr_like=True, auth="basic", users={"AWS": "ecr-token-1"})
+    stub.behaviour.faults.append(Fault(403, path_contains="/manifests/", method="PUT", code="DENIED", times=10**6))
+    with pytest.raises(RegistryError) as err:
+        push_to_ecr(stub, image, fake)
+    assert str(err.value).startswith(f"registry {ECR_HOST} denied PUT of manifest latest of {REPO} (DENIED")
+    assert "\n" not in str(err.value)
+    assert fake.tokens == ["ecr-token-1", "ecr-token-2"]
+    assert len(manifest_puts(stub)) == 2
+    stub.clear_log()
+    stub.behaviour.ecr_like, stub.behaviour.auth = False, "none"
+    with pytest.raises(RegistryError, match="denied PUT"):
+        Pusher(stub)(image)
+    assert len(manifest_puts(stub)) == 1
+
+
+def sparse(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_layer_too_big_for_ecr_is_refused_before_any_request(stub: RegistryStub, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "layout", layer_sizes=(3000,))
+    # Swap the layer for a sparse one of ECR's maximum plus one byte, with a manifest that says so.
+    huge = Descriptor(OCI_LAYER, "sha256:" + "e" * 64, ECR_MAX_LAYER_BYTES + 1)
+    sparse(image.layout.blob_path(huge.digest), huge.size)
+    manifest = json.loads(image.manifests[image.top.digest])
+    manifest["layers"] = [huge.to_json()]
+    top = image.layout.put_bytes(OCI_MANIFEST, canonical_json(manifest))
+    image.layout.set_tag("latest", top)
+    with pytest.raises(OcimodelError) as err:
+        push_to_ecr(stub, image, FakeEcr())
+    message = str(err.value)
+    assert f"blob {huge.digest} ({image.layout.blob_path(huge.digest)}) is 50.8 GiB" in message
+    assert "more than the 50.8 GiB ECR accepts" in message and ECR_HOST in message
+    assert stub.log == []
+
+
+def test_upload_too_big_for_ecr_is_refused_before_any_request(stub: RegistryStub) -> None:
+    """build's compressed layers (size known once hashed) and base layers come through here."""
+    upload = Upload(ECR_MAX_LAYER_BYTES + 1, None, lambda start, length: iter(()), "model.safetensors")
+    with ecr_client(stub, FakeEcr(), []) as client:
+        pusher = BlobSender(client, REPO, PushOptions(), Pusher(stub).reporter)
+        with pytest.raises(OcimodelError, match="layer model.safetensors is 50.8 GiB, more than"):
+            pusher.push_blob(upload)
+    assert stub.log == []
+
+
+@pytest.mark.parametrize("known_digest", [True, False], ids=["push", "build"])
+def test_range_past_the_blob_end_starts_the_blob_over(
+    stub: RegistryStub, pusher: Pusher, image: Image, known_digest: bool
+) -> None:
+    """After a failed chunk, the registry claims more bytes than were ever sent: a lost session, not a resume."""
+    stub.behaviour.faults += [
+        Fault(503, method="PATCH", nth=2),
+        Fault(method="GET", path_contains="/blobs/uploads/", headers={"Range": f"0-{BIG + 10**6}"}),
+    ]
+    if known_digest:
+        result = pusher(image, jobs=1)
+        assert_pushed(stub, image, result)
+        assert_progress_complete(pusher, image)
+        return
+    data = image.blobs[image.big]
+    upload = Upload(len(data), None, lambda start, length: [data[start : start + length]], "streamed layer")
+    with pusher.client() as client:
+        blob_pusher = BlobSender(client, REPO, PushOptions(chunk_size=CHUNK, retry=RetryPolicy(sleep=lambda _: None)),
+                                 pusher.reporter)
+        outcome = blob_pusher.push_blob(upload)
+    assert outcome.digest == image.big and stub.repository(REPO).blobs[image.big] == data
+    assert sum(1 for r in stub.requests_to() if r.method == "POST") == 2  # the lost session, then a fresh one
+
+
+def test_manifest_stored_as_another_digest_names_both(stub: RegistryStub, pusher: Pusher, image: Image) -> None:
+    other = "sha256:" + "f" * 64
+    stub.behaviour.faults.append(Fault(path_contains="/manifests/", method="PUT", headers={"Docker-Content-Digest": other}))
+    with pytest.raises(OcimodelError) as err:
+        pusher(image)
+    message = str(err.value)
+    assert image.top.digest in message and other in message and "stored something other than the bytes sent" in message
+
+
+def test_corrupt_local_blob_is_named_by_digest_and_path(stub: RegistryStub, pusher: Pusher, image: Image) -> None:
+    path = image.layout.blob_path(image.big)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(RegistryError) as err:
+        pusher(image, chunk_size=0)
+    message = str(err.value)
+    assert message.startswith(f"blob {image.big} ({path}): registry {stub.host} found that the bytes it received do")
+    assert "the file is damaged (pack the layout again)" in message
+    assert "DIGEST_INVALID" in err.value.codes and "uploads/" not in message
+    assert digest_of(bytes(data)) not in stub.repository(REPO).blobs

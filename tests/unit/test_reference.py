@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocimodel.registry.reference import Reference, is_loopback, parse_reference, registry_url
+from ocimodel.registry.reference import EcrHost, Reference, is_loopback, parse_ecr, parse_reference, registry_url
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -112,3 +112,39 @@ def test_registry_url() -> None:
     assert registry_url("docker.io") == "https://registry-1.docker.io"
     assert registry_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert registry_url("registry.internal:5000", plain_http=True) == "http://registry.internal:5000"
+
+
+@pytest.mark.parametrize(
+    "text", ["alice:hunter2-secret@registry.example.com/team/model", "alice:hunter2-secret@localhost:5000/model:v1"]
+)
+def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str) -> None:
+    with pytest.raises(ValueError, match="cannot carry credentials") as err:
+        parse_reference(text)
+    assert "hunter2" not in str(err.value) and "alice" not in str(err.value)
+
+
+ECR_HOSTS = {
+    "123456789012.dkr.ecr.us-east-1.amazonaws.com": "us-east-1",
+    "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn": "cn-north-1",
+    "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com": "us-gov-west-1",
+    "123456789012.dkr-ecr.eu-central-1.on.aws": "eu-central-1",
+    "123456789012.dkr-ecr-fips.us-east-2.on.aws": "us-east-2",
+    "123456789012.dkr.ecr.ap-southeast-2.amazonaws.com:443": "ap-southeast-2",
+}
+NOT_ECR_HOSTS = [
+    "public.ecr.aws",
+    "ecr.example.com",
+    "123456789012.dkr.ecr.us-east-1.amazonaws.com.evil.example",
+    "12345.dkr.ecr.us-east-1.amazonaws.com",
+    "123456789012.dkr-ecr.eu-central-1.on.aws.example",
+    "123456789012.dkr.ecr.us-east-1.on.aws",
+    "localhost:5000",
+]
+
+
+def test_ecr_hosts_in_every_form() -> None:
+    """Standard, China, FIPS and dual-stack endpoints; the region is the one ECR's API must be asked in."""
+    assert {host: parse_ecr(host) for host in ECR_HOSTS} == {
+        host: EcrHost("123456789012", region) for host, region in ECR_HOSTS.items()
+    }
+    assert [host for host in NOT_ECR_HOSTS if parse_ecr(host) is not None] == []
