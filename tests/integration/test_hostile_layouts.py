@@ -139,7 +139,9 @@ def _nest(layout: Layout, child: Descriptor, levels: int, fan_out: int) -> Descr
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
             {**child.to_json(), "platform": {"os": "linux", "architecture": "amd64"}} for _ in range(fan_out)
         ]}
-        child = layout.put_bytes(OCI_INDEX, canonical_json(index))
+        data = canonical_json(index)
+        child = Descriptor.of_bytes(OCI_INDEX, data)
+        layout.blob_path(child.digest).write_bytes(data)  # put_bytes would fsync each of a thousand blobs
     return child
 
 
