@@ -739,7 +739,7 @@ def _checks(image: Image, platform: Platform) -> list[Check]:
     unknown = [(d, c) for d, c in zip(image.layers, image.contents) if c.how in ("skipped", "too-large")]
     tree = overlay([c.entries for c in image.contents]) if not unknown else None
     skip = _skipped_because(unknown)
-    runtime = image.config.get("config") or {}
+    runtime = image.config.get("config") if isinstance(image.config.get("config"), dict) else {}
     return [
         _tools(tree, runtime, skip),
         _models_nonempty(tree, skip),
@@ -956,14 +956,20 @@ def _checkable(image: Image) -> Check:
     return Check(cid, MODES, Result.PASS, "every layer read was within the limits of a check")
 
 
-def _readable(tree: Mapping[str, Entry] | None, skip: str) -> Check:
-    cid = "files.readable"
+def _models_folder(cid: str, tree: Mapping[str, Entry] | None, skip: str) -> str | Check:
+    """Where ``/models`` resolves to, for the checks of its files; their SKIP when there is nothing to look at."""
     if tree is None:
         return Check(cid, MODES, Result.SKIP, skip)
     hit = _models_dir(tree)
-    if hit is None:
-        return Check(cid, MODES, Result.SKIP, "no /models")
-    folder = hit[0]
+    return hit[0] if hit is not None else Check(cid, MODES, Result.SKIP, "no /models")
+
+
+def _readable(tree: Mapping[str, Entry] | None, skip: str) -> Check:
+    cid = "files.readable"
+    folder = _models_folder(cid, tree, skip)
+    if isinstance(folder, Check):
+        return folder
+    assert tree is not None
     dirs = [p for p in ("", *_ancestors(folder), folder) if p in tree or p == ""]
     paths = [*dirs, *sorted(_children(tree, folder))]
     bad = []
@@ -979,13 +985,12 @@ def _readable(tree: Mapping[str, Entry] | None, skip: str) -> Check:
 
 def _special(tree: Mapping[str, Entry] | None, skip: str) -> Check:
     cid = "files.special"
-    if tree is None:
-        return Check(cid, MODES, Result.SKIP, skip)
-    hit = _models_dir(tree)
-    if hit is None:
-        return Check(cid, MODES, Result.SKIP, "no /models")
+    folder = _models_folder(cid, tree, skip)
+    if isinstance(folder, Check):
+        return folder
+    assert tree is not None
     bad = []
-    for p in sorted(_children(tree, hit[0])):
+    for p in sorted(_children(tree, folder)):
         e = tree[p]
         if e.kind in (Kind.DEVICE, Kind.FIFO, Kind.OTHER):
             bad.append(f"/{p} ({e.kind.value})")
