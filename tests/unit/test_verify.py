@@ -722,3 +722,12 @@ def test_whiteouts_cost_what_they_delete_not_the_whole_tree() -> None:
         [Entry(".wh.a", "a", Kind.WHITEOUT), Entry("a", "a", Kind.FILE), Entry("k/l/m", "k/l/m", Kind.FILE)],
     ])
     assert sorted(tree) == ["a", "k", "k/l", "k/l/m"] and tree["a"].kind is Kind.FILE
+
+
+def test_the_warnings_check_a_bounded_number_of_platforms(tmp_path: Path) -> None:
+    layout = packed(tmp_path)
+    manifest = rebase(layout)
+    many = [(manifest, Platform("linux", f"arch{i}")) for i in range(verify_module.QUICK_PLATFORMS + 4)]
+    index_of(layout, [(manifest, AMD64), *many])
+    lines = layout_warnings(layout, "latest")
+    assert lines[-1].startswith(f"checked the first {verify_module.QUICK_PLATFORMS} of 21 platforms")
