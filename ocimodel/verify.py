@@ -263,7 +263,8 @@ class Budget:
     def read(self, n: int) -> None:
         self.expanded += n
         if self.expanded > self.allowed:
-            scaled = f" ({human_size(self.policy.expanded)} plus {self.policy.ratio}x the layers read)" if self.policy.ratio else ""
+            base, ratio = human_size(self.policy.expanded), self.policy.ratio
+            scaled = f" ({base} plus {ratio}x the layers read)" if ratio else ""
             raise TooLarge(f"decompresses past {human_size(self.allowed)}, what one check may read{scaled}")
 
     def keep(self, info: tarfile.TarInfo) -> None:
@@ -275,7 +276,9 @@ class Budget:
             raise TooLarge(f"has a member name of {longest:,} bytes; no runtime creates paths over {NAME_MAX_BYTES:,}")
         self.names += len(info.linkname) + len(info.name) * (info.name.count("/") + 1)
         if self.names > self.policy.names:
-            raise TooLarge(f"brings the image past {human_size(self.policy.names)} of member names, what one check keeps")
+            raise TooLarge(
+                f"brings the image past {human_size(self.policy.names)} of member names, what one check keeps"
+            )
 
 
 class _Metered:
@@ -495,7 +498,9 @@ def _config(store: Store, manifest: Node) -> dict[str, Any]:
     try:
         config_desc = Descriptor.from_json(manifest.doc["config"])
     except (KeyError, ValueError):
-        raise OcimodelError(f"{manifest.descriptor.digest} of {store.name} is not an image manifest (no config)") from None
+        raise OcimodelError(
+            f"{manifest.descriptor.digest} of {store.name} is not an image manifest (no config)"
+        ) from None
     return parse_document(store.config(config_desc), f"config {config_desc.digest} of {store.name}")
 
 
@@ -523,7 +528,8 @@ def _contents(store: Store, layer: Descriptor, history: str | None, budget: Budg
     budget.open_layer(layer.size)
     try:
         with store.layer(layer) as stream:
-            read = LayerContents("read", read_entries(stream, store.seekable, f"layer {layer.digest} of {store.name}", budget))
+            what = f"layer {layer.digest} of {store.name}"
+            read = LayerContents("read", read_entries(stream, store.seekable, what, budget))
     except TooLarge as exc:
         read = LayerContents("too-large", reason=str(exc))
     budget.contents[layer.digest] = read

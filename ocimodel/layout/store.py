@@ -256,7 +256,7 @@ class Layout:
 
         ``index.json`` is capped like any document read whole: tens of thousands of tags fit in it.
         """
-        what = f"{self.index_path}"
+        what = str(self.index_path)
         try:
             data = _read_small(self.index_path, DOCUMENT_MAX_BYTES, what, "an image index")
         except OSError as exc:

@@ -26,6 +26,12 @@ class PulledImage:
     config_json: dict[str, Any]
 
 
+def _schema_2(node: Node) -> Node:
+    if node.doc.get("schemaVersion") != 2:
+        raise OcimodelError(f"{node.what} has schemaVersion {node.doc.get('schemaVersion')!r}; only 2 is supported")
+    return node
+
+
 def pull_image(
     ref: Reference, platform: Platform, layout: Layout, *, client: RegistryClient | None = None
 ) -> PulledImage:
@@ -53,13 +59,11 @@ class _Puller:
         self._client = client
 
     def pull(self, digest: str, platform: Platform) -> PulledImage:
-        nodes = walk(Descriptor("", digest, 0), self._read, lambda index: [self._select(index, platform)], str(self._ref))
-        for node in nodes:
-            if node.doc.get("schemaVersion") != 2:
-                raise OcimodelError(
-                    f"{node.what} has schemaVersion {node.doc.get('schemaVersion')!r}; only 2 is supported"
-                )
-        manifest = nodes[0]  # one entry followed per index: the walk is a path, the manifest its end
+        def follow(index: Node) -> list[Descriptor]:
+            return [self._select(_schema_2(index), platform)]
+
+        nodes = walk(Descriptor("", digest, 0), self._read, follow, str(self._ref))
+        manifest = _schema_2(nodes[0])  # one entry followed per index: the walk is a path, the manifest its end
         if manifest.descriptor.media_type not in MANIFEST_TYPES:
             raise OcimodelError(
                 f"{self._ref} is a {manifest.descriptor.media_type}, not an image manifest or index"

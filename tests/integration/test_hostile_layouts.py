@@ -145,7 +145,9 @@ def _nest(layout: Layout, child: Descriptor, levels: int, fan_out: int) -> Descr
     return child
 
 
-@pytest.mark.parametrize(("levels", "fan_out"), [(1200, 1), (26, 2)], ids=["a 1200-deep chain", "a 26-deep fan-out-2 DAG"])
+@pytest.mark.parametrize(
+    ("levels", "fan_out"), [(1200, 1), (26, 2)], ids=["a 1200-deep chain", "a 26-deep fan-out-2 DAG"]
+)
 def test_deeply_nested_indexes_are_refused_in_one_line(tmp_path: Path, levels: int, fan_out: int) -> None:
     layout, manifest = image(tmp_path / "layout")
     layout.set_tag("latest", _nest(layout, manifest, levels, fan_out))

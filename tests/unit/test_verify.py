@@ -656,7 +656,9 @@ def test_the_budget_grows_with_the_layers_read_but_not_with_a_bomb(tmp_path: Pat
     assert budget.expanded <= budget.allowed + 1
 
 
-def test_the_warnings_after_push_name_a_layer_too_large_to_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_warnings_after_push_name_a_layer_too_large_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     layout = packed(tmp_path)
     rebase(layout, extra=[bomb("zstd", 16 * MIB)])
     monkeypatch.setattr(verify_module, "QUICK", replace(QUICK, expanded=MIB))
