@@ -19,6 +19,10 @@ What is read. Manifests and configs always; then, per layer, the cheapest source
 
 Layers are merged as a container runtime merges them: later layers replace earlier paths, and whiteouts
 (``.wh.<name>``, ``.wh..wh..opq``) delete paths of the layers below them.
+
+What it may cost. Layers are untrusted: a few MB can decompress to a terabyte, or hold millions of tar members. One
+run of the checks (all platforms of an image) shares a ``Budget`` of decompressed bytes, members and name bytes;
+the layer that overdraws it is reported *too large to check* (check ``image.checkable``), never read further.
 """
 
 from __future__ import annotations
@@ -41,15 +45,15 @@ from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import (
     ANNOTATION_FILEPATH,
     DOCUMENT_MAX_BYTES,
-    INDEX_TYPES,
     MANIFEST_MAX_BYTES,
-    MAX_INDEX_DEPTH,
     Descriptor,
     Platform,
+    descriptor_list,
     parse_document,
     sha256_digest,
 )
 from ocimodel.layout.store import Layout
+from ocimodel.layout.walk import Node, read_node, walk
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.push import select_tag
 from ocimodel.registry.reference import Reference
@@ -71,6 +75,25 @@ LAYERS_MAX = 300
 LAYER_MAX_BYTES = 52_000 << 20
 #: Layers this small are read whatever it takes: base images and the small-files layer.
 SMALL_LAYER = 64 << 20
+#: Decompressed tar bytes one run of the checks may read, whatever the layers' sizes: base layers under
+#: ``SMALL_LAYER`` expand 2-4 times, to a few hundred MiB together.
+EXPANDED_BASE = 1 << 30
+#: On top of ``EXPANDED_BASE``, this many times the compressed size of every layer read: code and text expand
+#: 3-5 times, weights barely at all; a decompression bomb expands a thousand times and more.
+EXPANSION_RATIO = 10
+#: Tar members one run keeps in memory (about 300 bytes each) and parses (tarfile: about 20,000 a second): big
+#: CUDA or PyTorch images hold one or two hundred thousand files in all.
+ENTRIES_MAX = 500_000
+#: Bytes of member names (each path counted once per directory level, the parents it implies) one run keeps.
+NAMES_MAX = 512 << 20
+#: What the warnings after ``pack``, ``push`` and ``build`` may spend: a few seconds, whatever the image.
+QUICK_EXPANDED = 1 << 30
+QUICK_ENTRIES = 100_000
+QUICK_NAMES = 64 << 20
+#: Platforms of one index the warnings check; real images offer fewer than ten.
+QUICK_PLATFORMS = 16
+#: The longest path Linux takes (PATH_MAX): a runtime cannot create a member with a longer name.
+NAME_MAX_BYTES = 4096
 _MAX_SYMLINKS = 40
 _SHOWN = 5
 
@@ -100,10 +123,12 @@ class Kind(str, Enum):
     HARDLINK = "hardlink"
     WHITEOUT = "whiteout"
     OPAQUE = "opaque"
+    DEVICE = "device"
+    FIFO = "fifo"
     OTHER = "other"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One tar member: ``raw`` as written in the tar, ``path`` as a runtime places it (relative to ``/``)."""
 
@@ -119,7 +144,8 @@ _ROOT = Entry("", "", Kind.DIR, 0o755)
 
 @dataclass(frozen=True)
 class LayerContents:
-    """What a layer holds, and how that is known: ``read`` (tar headers), ``annotations`` or ``skipped``."""
+    """What a layer holds, and how that is known: ``read`` (tar headers), ``annotations``, ``skipped`` (by the
+    read policy) or ``too-large`` (it overdrew the run's ``Budget``)."""
 
     how: str
     entries: tuple[Entry, ...] = ()
@@ -202,10 +228,94 @@ class ReadPolicy:
     small: int = SMALL_LAYER
     #: Stream through big layers that can be neither seeked over nor judged from annotations.
     stream_big: bool = True
+    #: Decompressed bytes a run may read: ``expanded``, plus ``ratio`` times the size of each layer read.
+    expanded: int = EXPANDED_BASE
+    ratio: int = EXPANSION_RATIO
+    #: Tar members, and bytes of their names, a run may keep.
+    entries: int = ENTRIES_MAX
+    names: int = NAMES_MAX
 
 
-#: What the warnings after ``pack``, ``push`` and ``build`` may read: never a big layer in full.
-QUICK = ReadPolicy(stream_big=False)
+#: What the warnings after ``pack``, ``push`` and ``build`` may read: never a big layer in full, and a fixed
+#: budget whatever the layers claim, so they take seconds.
+QUICK = ReadPolicy(stream_big=False, expanded=QUICK_EXPANDED, ratio=0, entries=QUICK_ENTRIES, names=QUICK_NAMES)
+
+
+class TooLarge(OcimodelError):
+    """A layer overdrew the run's budget; the message says which limit, for the line that names the layer."""
+
+
+class Budget:
+    """What one run of the checks may still read and keep, shared by every layer and platform of an image (so
+    neither many layers nor many platforms multiply it), and the layers already read, by digest."""
+
+    def __init__(self, policy: ReadPolicy = ReadPolicy()) -> None:
+        self.policy = policy
+        self.allowed = policy.expanded
+        self.expanded = 0
+        self.entries = 0
+        self.names = 0
+        self.contents: dict[str, LayerContents] = {}
+
+    def open_layer(self, size: int) -> None:
+        self.allowed += self.policy.ratio * size
+
+    def read(self, n: int) -> None:
+        self.expanded += n
+        if self.expanded > self.allowed:
+            base, ratio = human_size(self.policy.expanded), self.policy.ratio
+            scaled = f" ({base} plus {ratio}x the layers read)" if ratio else ""
+            raise TooLarge(f"decompresses past {human_size(self.allowed)}, what one check may read{scaled}")
+
+    def keep(self, info: tarfile.TarInfo) -> None:
+        self.entries += 1
+        if self.entries > self.policy.entries:
+            raise TooLarge(f"brings the image past {self.policy.entries:,} tar members, what one check keeps")
+        longest = max(len(info.name), len(info.linkname))
+        if longest > NAME_MAX_BYTES:
+            raise TooLarge(f"has a member name of {longest:,} bytes; no runtime creates paths over {NAME_MAX_BYTES:,}")
+        self.names += len(info.linkname) + len(info.name) * (info.name.count("/") + 1)
+        if self.names > self.policy.names:
+            raise TooLarge(
+                f"brings the image past {human_size(self.policy.names)} of member names, what one check keeps"
+            )
+
+
+class _Metered:
+    """A tar stream that charges the budget for every byte it hands out and never asks for more than is left.
+
+    It seeks for ``tarfile``'s random-access mode: for real when ``seekable`` (file data is then never read), else
+    forward only, by reading (and charging) what it skips. That mode reads each header straight from here;
+    ``tarfile``'s stream mode instead copies its whole buffer on every header, which made a layer of many small
+    members take minutes.
+    """
+
+    def __init__(self, source: Any, budget: Budget, seekable: bool) -> None:
+        self._source = source
+        self._budget = budget
+        self._seekable = seekable
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._budget.allowed - self._budget.expanded
+        data = cast(bytes, self._source.read(left + 1 if size < 0 or size > left else size))
+        self._position += len(data)
+        self._budget.read(len(data))
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("only absolute seeks")
+        if self._seekable:
+            self._position = self._source.seek(offset)
+        elif offset < self._position:
+            raise io.UnsupportedOperation("a stream cannot seek backwards")
+        while self._position < offset and self.read(min(offset - self._position, 1 << 20)):
+            pass
+        return self._position
 
 
 # --- where images come from ----------------------------------------------------------------------------------------
@@ -257,11 +367,8 @@ class LayoutStore:
 
     @contextmanager
     def layer(self, desc: Descriptor) -> Iterator[io.BufferedReader]:
-        try:
-            with open(self._layout.blob_path(desc.digest), "rb") as f:
-                yield f
-        except FileNotFoundError:
-            raise OcimodelError(f"layout {self._layout.root} lacks layer {desc.digest}") from None
+        with self._layout.open_blob(desc.digest) as f:
+            yield f
 
 
 class RegistryStore:
@@ -344,58 +451,42 @@ def _media_type(data: bytes, content_type: str) -> str:
 def image_platforms(store: Store) -> list[Platform]:
     """Every platform the image offers (an index's entries, or a single manifest's config)."""
     desc, data = store.top()
-    doc = parse_document(data, f"manifest {desc.digest} of {store.name}")
-    if _is_index(desc, doc):
-        return list(_offered(_entries(doc, desc, store)))
-    config = _config(store, doc, desc)
+    node = read_node(desc, data, 0, store.name)
+    if node.is_index:
+        return list(_offered(node.entries()))
+    config = _config(store, node)
     try:
         return [Platform.from_json(config)]
     except (KeyError, TypeError):
         return []
 
 
-def gather(store: Store, platform: Platform, policy: ReadPolicy = ReadPolicy()) -> Image:
-    """Fetch what the checks need for ``platform``: documents, config and each layer's file list (see module doc)."""
+def gather(store: Store, platform: Platform, policy: ReadPolicy = ReadPolicy(), budget: Budget | None = None) -> Image:
+    """Fetch what the checks need for ``platform``: documents, config and each layer's file list (see module doc).
+
+    ``budget`` (a fresh one from ``policy`` by default) is charged for every layer read and remembers them.
+    """
     top, data = store.top()
-    desc, doc = top, parse_document(data, f"manifest {top.digest} of {store.name}")
-    documents = [(_what(desc, doc), len(data))]
     available: tuple[Platform, ...] = ()
-    while _is_index(desc, doc):
-        if len(documents) > MAX_INDEX_DEPTH:
-            raise OcimodelError(f"{store.name} nests image indexes more than {MAX_INDEX_DEPTH} deep")
-        entries = _entries(doc, desc, store)
+
+    def follow(index: Node) -> list[Descriptor]:
+        nonlocal available
+        entries = index.entries()
         available = _offered(entries)
         candidates = [e for e in entries if e.platform is not None and platform.matches(e.platform)]
-        if not candidates:
-            return Image(store.name, top.digest, tuple(documents), available)
-        desc = next((e for e in candidates if e.platform == platform), candidates[0])
-        data = store.document(desc)
-        doc = parse_document(data, f"manifest {desc.digest} of {store.name}")
-        documents.append((_what(desc, doc), len(data)))
-    config = _config(store, doc, desc)
-    try:
-        layers = tuple(Descriptor.from_json(raw) for raw in doc.get("layers") or [])
-    except ValueError as exc:
-        raise OcimodelError(f"manifest {desc.digest} of {store.name} is malformed: {exc}") from None
+        return [next((e for e in candidates if e.platform == platform), candidates[0])] if candidates else []
+
+    path = walk(top, lambda d: data if d is top else store.document(d), follow, store.name)[::-1]
+    documents = tuple((f"{'index' if n.is_index else 'manifest'} {n.descriptor.digest}", len(n.data)) for n in path)
+    manifest = path[-1]
+    if manifest.is_index:
+        return Image(store.name, top.digest, documents, available)
+    config = _config(store, manifest)
+    layers = tuple(descriptor_list(manifest.doc, "layers", manifest.what))
     history = _layer_history(config, len(layers))
-    contents = tuple(_contents(store, layer, line, policy) for layer, line in zip(layers, history))
-    return Image(store.name, top.digest, tuple(documents), available, config, layers, contents)
-
-
-def _is_index(desc: Descriptor, doc: Mapping[str, Any]) -> bool:
-    return desc.media_type in INDEX_TYPES or doc.get("mediaType") in INDEX_TYPES or "manifests" in doc
-
-
-def _what(desc: Descriptor, doc: Mapping[str, Any]) -> str:
-    kind = "index" if _is_index(desc, doc) else "manifest"
-    return f"{kind} {desc.digest}"
-
-
-def _entries(doc: Mapping[str, Any], desc: Descriptor, store: Store) -> list[Descriptor]:
-    try:
-        return [Descriptor.from_json(m) for m in doc.get("manifests") or []]
-    except ValueError as exc:
-        raise OcimodelError(f"index {desc.digest} of {store.name} is malformed: {exc}") from None
+    budget = budget or Budget(policy)
+    contents = tuple(_contents(store, layer, line, budget) for layer, line in zip(layers, history))
+    return Image(store.name, top.digest, documents, available, config, layers, contents)
 
 
 def _offered(entries: Sequence[Descriptor]) -> tuple[Platform, ...]:
@@ -403,23 +494,30 @@ def _offered(entries: Sequence[Descriptor]) -> tuple[Platform, ...]:
     return tuple(dict.fromkeys(e.platform for e in entries if e.platform is not None and e.platform.os != "unknown"))
 
 
-def _config(store: Store, doc: Mapping[str, Any], desc: Descriptor) -> dict[str, Any]:
+def _config(store: Store, manifest: Node) -> dict[str, Any]:
     try:
-        config_desc = Descriptor.from_json(doc["config"])
-    except (KeyError, TypeError, ValueError):
-        raise OcimodelError(f"{desc.digest} of {store.name} is not an image manifest (no config)") from None
+        config_desc = Descriptor.from_json(manifest.doc["config"])
+    except (KeyError, ValueError):
+        raise OcimodelError(
+            f"{manifest.descriptor.digest} of {store.name} is not an image manifest (no config)"
+        ) from None
     return parse_document(store.config(config_desc), f"config {config_desc.digest} of {store.name}")
 
 
 def _layer_history(config: Mapping[str, Any], count: int) -> list[str | None]:
     """Each layer's ``created_by``, when the history accounts for exactly the layers there are."""
-    lines = [h.get("created_by", "") for h in config.get("history") or [] if not h.get("empty_layer")]
+    history = config.get("history")
+    steps = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+    lines = [h.get("created_by", "") for h in steps if not h.get("empty_layer")]
     return list(lines) if len(lines) == count else [None] * count
 
 
-def _contents(store: Store, layer: Descriptor, history: str | None, policy: ReadPolicy) -> LayerContents:
+def _contents(store: Store, layer: Descriptor, history: str | None, budget: Budget) -> LayerContents:
+    if layer.digest in budget.contents:
+        return budget.contents[layer.digest]
     if "tar" not in layer.media_type:
         return LayerContents("skipped", reason=f"not a tar layer ({layer.media_type})")
+    policy = budget.policy
     plain = layer.media_type.endswith(".tar")
     if layer.size > policy.small and not (store.seekable and plain):
         inferred = annotated_entries(layer, history)
@@ -427,8 +525,15 @@ def _contents(store: Store, layer: Descriptor, history: str | None, policy: Read
             return LayerContents("annotations", inferred)
         if not policy.stream_big:
             return LayerContents("skipped", reason=f"{human_size(layer.size)} would have to be read in full")
-    with store.layer(layer) as stream:
-        return LayerContents("read", read_entries(stream, store.seekable, f"layer {layer.digest} of {store.name}"))
+    budget.open_layer(layer.size)
+    try:
+        with store.layer(layer) as stream:
+            what = f"layer {layer.digest} of {store.name}"
+            read = LayerContents("read", read_entries(stream, store.seekable, what, budget))
+    except TooLarge as exc:
+        read = LayerContents("too-large", reason=str(exc))
+    budget.contents[layer.digest] = read
+    return read
 
 
 def annotated_entries(layer: Descriptor, history: str | None) -> tuple[Entry, ...] | None:
@@ -448,24 +553,33 @@ def annotated_entries(layer: Descriptor, history: str | None) -> tuple[Entry, ..
     return (*dirs, Entry(name, name, Kind.FILE, 0o644))
 
 
-def read_entries(stream: io.BufferedReader, seekable: bool, what: str) -> tuple[Entry, ...]:
+def read_entries(
+    stream: io.BufferedReader, seekable: bool, what: str, budget: Budget | None = None
+) -> tuple[Entry, ...]:
     """Tar headers of a layer (plain, gzip or zstd, told by its first bytes, whatever the media type claims).
 
     A seekable plain tar is read header by header, seeking over file data; anything else is streamed through.
+    Every byte the tar reader takes and every member kept is charged to ``budget``: ``TooLarge`` when it runs out.
     """
+    budget = budget or Budget()
     magic = stream.peek(4)[:4]
     source: io.BufferedIOBase | zstandard.ZstdDecompressionReader
     if magic.startswith(_GZIP_MAGIC):
-        source, mode = gzip.GzipFile(fileobj=stream, mode="rb"), "r|"
+        source, seekable = gzip.GzipFile(fileobj=stream, mode="rb"), False
     elif magic == _ZSTD_MAGIC:
-        source, mode = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True), "r|"
+        source, seekable = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True), False
     elif not magic:
         return ()
     else:
-        source, mode = stream, "r:" if seekable else "r|"
+        source = stream
+    entries = []
     try:
-        with tarfile.open(fileobj=source, mode=mode, bufsize=1 << 20) as tar:  # type: ignore[call-overload]
-            return tuple(_entry(info) for info in tar)
+        with tarfile.open(fileobj=_Metered(source, budget, seekable), mode="r:") as tar:  # type: ignore[call-overload]
+            while (info := tar.next()) is not None:
+                tar.members.clear()  # TarFile keeps every member it has read: only our slimmer Entry is kept
+                budget.keep(info)
+                entries.append(_entry(info))
+        return tuple(entries)
     except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
         raise OcimodelError(f"{what} is not a readable tar ({exc})") from None
 
@@ -483,9 +597,11 @@ def _entry(info: tarfile.TarInfo) -> Entry:
         Kind.SYMLINK if info.issym() else
         Kind.HARDLINK if info.islnk() else
         Kind.FILE if info.isreg() else
+        Kind.DEVICE if info.ischr() or info.isblk() else
+        Kind.FIFO if info.isfifo() else
         Kind.OTHER
     )
-    return Entry(raw, path, kind, info.mode & 0o7777, info.linkname)
+    return Entry(raw, raw if path == raw else path, kind, info.mode & 0o7777, info.linkname)
 
 
 def _normalize(name: str) -> str:
@@ -504,37 +620,68 @@ def overlay(layers: Sequence[Sequence[Entry]]) -> dict[str, Entry]:
     """Merge layers as overlayfs would: a layer's whiteouts delete from the layers below, then its entries land.
 
     Hard links take the kind and mode of their target (the same inode); a path's missing parents appear as
-    0755 directories, as runtimes create them.
+    0755 directories, as runtimes create them. Linear in the entries: a deletion touches only what it deletes.
     """
-    tree: dict[str, Entry] = {}
+    tree = _Tree()
     for entries in layers:
         for e in entries:
             if e.kind is Kind.OPAQUE:
-                _drop_below(tree, e.path)
+                tree.drop_below(e.path)
             elif e.kind is Kind.WHITEOUT:
-                tree.pop(e.path, None)
-                _drop_below(tree, e.path)
+                tree.drop(e.path)
         for e in entries:
             if e.kind in (Kind.WHITEOUT, Kind.OPAQUE):
                 continue
-            parts = e.path.split("/") if e.path else []
-            for i in range(1, len(parts)):
-                tree.setdefault("/".join(parts[:i]), Entry("", "/".join(parts[:i]), Kind.DIR, 0o755))
-            old = tree.get(e.path)
+            old = tree.entries.get(e.path)
             if old is not None and old.kind is Kind.DIR and e.kind is not Kind.DIR:
-                _drop_below(tree, e.path)
+                tree.drop_below(e.path)
             if e.kind is Kind.HARDLINK:
-                target = tree.get(_normalize(e.link))
+                target = tree.entries.get(_normalize(e.link))
                 if target is not None and target.kind is Kind.FILE:
                     e = replace(e, kind=Kind.FILE, mode=target.mode)
-            tree[e.path] = e
-    return tree
+            tree.put(e)
+    return tree.entries
 
 
-def _drop_below(tree: dict[str, Entry], folder: str) -> None:
-    prefix = folder + "/" if folder else ""
-    for path in [p for p in tree if p.startswith(prefix) and p != folder]:
-        del tree[path]
+class _Tree:
+    """Paths to entries, with each directory's children indexed so that whiteouts cost what they delete."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self._children: dict[str, set[str]] = {}
+
+    def put(self, entry: Entry) -> None:
+        missing, parent = [], _parent(entry.path)
+        while parent and parent not in self.entries:  # parents exist whenever a child does: stop at the first
+            missing.append(parent)
+            parent = _parent(parent)
+        for folder in reversed(missing):
+            self._add(Entry("", folder, Kind.DIR, 0o755))
+        self._add(entry)
+
+    def _add(self, entry: Entry) -> None:
+        if entry.path not in self.entries and entry.path:
+            self._children.setdefault(_parent(entry.path), set()).add(entry.path)
+        self.entries[entry.path] = entry
+
+    def drop(self, path: str) -> None:
+        """``path`` and everything below it."""
+        if path in self.entries:
+            del self.entries[path]
+            if path:
+                self._children[_parent(path)].discard(path)
+        self.drop_below(path)
+
+    def drop_below(self, folder: str) -> None:
+        pending = list(self._children.pop(folder, ()))
+        while pending:
+            path = pending.pop()
+            del self.entries[path]
+            pending += self._children.pop(path, ())
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
 
 
 def lookup(tree: Mapping[str, Entry], path: str) -> tuple[str, Entry] | None:
@@ -580,9 +727,13 @@ def judge(image: Image, platform: Platform, modes: Sequence[str] = MODES) -> Rep
 
 
 def verify(
-    store: Store, platform: Platform, modes: Sequence[str] = MODES, policy: ReadPolicy = ReadPolicy()
+    store: Store,
+    platform: Platform,
+    modes: Sequence[str] = MODES,
+    policy: ReadPolicy = ReadPolicy(),
+    budget: Budget | None = None,
 ) -> Report:
-    return judge(gather(store, platform, policy), platform, modes)
+    return judge(gather(store, platform, policy, budget), platform, modes)
 
 
 def _checks(image: Image, platform: Platform) -> list[Check]:
@@ -591,10 +742,10 @@ def _checks(image: Image, platform: Platform) -> list[Check]:
         missing = Check("image.platform", MODES, Result.FAIL,
                         f"no image for {platform} in the index (it has: {offered}); pack for {platform}")
         return [missing, _limit_manifest(image)]
-    unknown = [(d, c) for d, c in zip(image.layers, image.contents) if c.how == "skipped"]
+    unknown = [(d, c) for d, c in zip(image.layers, image.contents) if c.how in ("skipped", "too-large")]
     tree = overlay([c.entries for c in image.contents]) if not unknown else None
     skip = _skipped_because(unknown)
-    runtime = image.config.get("config") or {}
+    runtime = image.config.get("config") if isinstance(image.config.get("config"), dict) else {}
     return [
         _tools(tree, runtime, skip),
         _models_nonempty(tree, skip),
@@ -609,7 +760,9 @@ def _checks(image: Image, platform: Platform) -> list[Check]:
         _limit_manifest(image),
         _limit_zstd(image.layers),
         _node_pull(image.layers),
+        _checkable(image),
         _readable(tree, skip),
+        _special(tree, skip),
     ]
 
 
@@ -836,14 +989,29 @@ def _node_pull(layers: Sequence[Descriptor]) -> Check:
     return Check(cid, modes, Result.WARN, f"slow node pull: {'; '.join(slow)} ({_PULL_MEASURED})")
 
 
-def _readable(tree: Mapping[str, Entry] | None, skip: str) -> Check:
-    cid = "files.readable"
+def _checkable(image: Image) -> Check:
+    cid = "image.checkable"
+    cut = [f"{d.digest[7:19]} {c.reason}" for d, c in zip(image.layers, image.contents) if c.how == "too-large"]
+    if cut:
+        return Check(cid, MODES, Result.WARN,
+                     f"too large to check: layer {_list(cut)}; the checks that need its files were skipped")
+    return Check(cid, MODES, Result.PASS, "every layer read was within the limits of a check")
+
+
+def _models_folder(cid: str, tree: Mapping[str, Entry] | None, skip: str) -> str | Check:
+    """Where ``/models`` resolves to, for the checks of its files; their SKIP when there is nothing to look at."""
     if tree is None:
         return Check(cid, MODES, Result.SKIP, skip)
     hit = _models_dir(tree)
-    if hit is None:
-        return Check(cid, MODES, Result.SKIP, "no /models")
-    folder = hit[0]
+    return hit[0] if hit is not None else Check(cid, MODES, Result.SKIP, "no /models")
+
+
+def _readable(tree: Mapping[str, Entry] | None, skip: str) -> Check:
+    cid = "files.readable"
+    folder = _models_folder(cid, tree, skip)
+    if isinstance(folder, Check):
+        return folder
+    assert tree is not None
     dirs = [p for p in ("", *_ancestors(folder), folder) if p in tree or p == ""]
     paths = [*dirs, *sorted(_children(tree, folder))]
     bad = []
@@ -855,6 +1023,26 @@ def _readable(tree: Mapping[str, Entry] | None, skip: str) -> Check:
         return Check(cid, MODES, Result.FAIL,
                      f"not readable by every uid: {_list(bad)}; files need o+r, directories o+rx")
     return Check(cid, MODES, Result.PASS, "files under /models readable by any uid")
+
+
+def _special(tree: Mapping[str, Entry] | None, skip: str) -> Check:
+    cid = "files.special"
+    folder = _models_folder(cid, tree, skip)
+    if isinstance(folder, Check):
+        return folder
+    assert tree is not None
+    bad = []
+    for p in sorted(_children(tree, folder)):
+        e = tree[p]
+        if e.kind in (Kind.DEVICE, Kind.FIFO, Kind.OTHER):
+            bad.append(f"/{p} ({e.kind.value})")
+        elif e.kind is Kind.FILE and e.mode & 0o6000:
+            bad.append(f"/{p} ({'setuid' if e.mode & 0o4000 else 'setgid'} {e.mode:04o})")
+    if bad:
+        return Check(cid, MODES, Result.FAIL,
+                     f"not plain model files: {_list(bad)}; a FIFO hangs the server that opens it, a device node "
+                     "fails the unpack of an unprivileged runtime, a setuid file hands its owner's rights to the pod")
+    return Check(cid, MODES, Result.PASS, "only files, directories and links under /models")
 
 
 def _ancestors(path: str) -> list[str]:
@@ -886,11 +1074,18 @@ def registry_warnings(client: RegistryClient, ref: Reference) -> list[str]:
 
 
 def _warnings(store: Store) -> list[str]:
-    """One line per problem over every platform of the image, read with ``QUICK`` so no big layer is read in full."""
-    reports = [verify(store, p, policy=QUICK) for p in image_platforms(store)]
+    """One line per problem over the image's platforms, read with ``QUICK`` so no big layer is read in full and the
+    whole run stays within one budget, however many layers and platforms the image has."""
+    budget = Budget(QUICK)
+    platforms = image_platforms(store)
+    reports = [verify(store, p, policy=QUICK, budget=budget) for p in platforms[:QUICK_PLATFORMS]]
     found: dict[str, list[str]] = {}
     for report in reports:
         for c in report.checks:
             if c.result in (Result.FAIL, Result.WARN):
                 found.setdefault(f"{c.id}: {c.detail}", []).append(str(report.platform))
-    return [line if len(where) == len(reports) else f"{', '.join(where)}: {line}" for line, where in found.items()]
+    lines = [line if len(where) == len(reports) else f"{', '.join(where)}: {line}" for line, where in found.items()]
+    if len(platforms) > QUICK_PLATFORMS:
+        lines.append(f"checked the first {QUICK_PLATFORMS} of {len(platforms)} platforms; run `ocimodel verify "
+                     "--platform …` for the others")
+    return lines

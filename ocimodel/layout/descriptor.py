@@ -67,6 +67,24 @@ def parse_document(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+def _excerpt(value: Any, limit: int = 80) -> str:
+    """A value quoted in an error line, cut short: a hostile document can make it megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def descriptor_list(doc: Mapping[str, Any], key: str, what: str) -> list[Descriptor]:
+    """``doc[key]`` (``manifests``, ``layers``) as descriptors, none if absent, or one line saying ``what`` is
+    malformed: ``null``, an object or a string where the list belongs is refused, not iterated."""
+    raw = doc.get(key, [])
+    if not isinstance(raw, list):
+        raise OcimodelError(f"{what} is malformed: {key} is {_excerpt(raw)}, not a list")
+    try:
+        return [Descriptor.from_json(item) for item in raw]
+    except ValueError as exc:
+        raise OcimodelError(f"{what} is malformed: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Platform:
     os: str
@@ -83,7 +101,11 @@ class Platform:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Platform:
-        return cls(obj["os"], obj["architecture"], obj.get("variant") or None)
+        """KeyError for a missing field, TypeError for one that is not a string (or ``obj`` not an object)."""
+        fields = (obj["os"], obj["architecture"], obj.get("variant") or None)
+        if not all(isinstance(f, str) for f in fields[:2]) or not isinstance(fields[2], (str, type(None))):
+            raise TypeError(f"platform {obj!r} has fields that are not strings")
+        return cls(*fields)
 
     def to_json(self) -> dict[str, str]:
         out = {"architecture": self.architecture, "os": self.os}
@@ -123,16 +145,27 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Descriptor:
+        """ValueError, in one line, for anything a hand-edited or hostile document may hold instead of a descriptor:
+        every later use (tags as dict keys, media types searched for ``tar``) trusts these types."""
         try:
             digest = obj["digest"]
-            size = int(obj["size"])
+            size = obj["size"]
             media_type = obj.get("mediaType", "")
+            annotations = obj.get("annotations") or {}
             platform = Platform.from_json(obj["platform"]) if obj.get("platform") else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"malformed descriptor {obj!r}") from exc
-        if not is_digest(digest):
-            raise ValueError(f"unsupported digest {digest!r} (only sha256 is supported)")
-        return cls(media_type, digest, size, dict(obj.get("annotations") or {}), platform)
+            raise ValueError(f"malformed descriptor {_excerpt(obj)}") from exc
+        if not isinstance(digest, str) or not is_digest(digest):
+            raise ValueError(f"unsupported digest {_excerpt(digest)} (only sha256 is supported)")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"descriptor of {digest} has size {_excerpt(size)}, not a byte count")
+        if not isinstance(media_type, str):
+            raise ValueError(f"descriptor of {digest} has mediaType {_excerpt(media_type)}, not a string")
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise ValueError(f"descriptor of {digest} has annotations {_excerpt(annotations)}, not strings by name")
+        return cls(media_type, digest, size, dict(annotations), platform)
 
     @classmethod
     def of_bytes(cls, media_type: str, data: bytes, annotations: Mapping[str, str] | None = None) -> Descriptor:

@@ -11,11 +11,12 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, BinaryIO, Iterable, Iterator
 
 from ocimodel.errors import DigestMismatch, OcimodelError
 from ocimodel.layout.descriptor import (
@@ -24,7 +25,9 @@ from ocimodel.layout.descriptor import (
     OCI_INDEX,
     Descriptor,
     canonical_json,
+    descriptor_list,
     is_digest,
+    parse_document,
 )
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
@@ -36,6 +39,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file: a FIFO put where a blob belongs would block a plain
+    ``open`` forever (O_NONBLOCK makes that open return at once), a directory or device is not a blob either."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OcimodelError(f"{what} is not a regular file ({path}); the layout is damaged: pack it again")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_small(path: Path, limit: int, what: str, kind: str) -> bytes:
+    """A whole small file, refused past ``limit`` bytes (before reading, and however it grows while read)."""
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise OcimodelError(f"{what} is too large for {kind}: more than {limit >> 20} MiB; refusing to read it")
+    return data
 
 
 def _umask() -> int:
@@ -308,29 +336,42 @@ class Layout:
     def put_json(self, media_type: str, obj: Any) -> Descriptor:
         return self.put_bytes(media_type, canonical_json(obj))
 
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A blob (a layer, say) to stream: a regular file, never a FIFO or directory put in its place."""
+        try:
+            return open_regular(self.blob_path(digest), f"blob {digest} in {self.root}")
+        except FileNotFoundError:
+            raise OcimodelError(f"layout {self.root} lacks blob {digest}") from None
+        except OSError as exc:
+            raise OcimodelError(f"cannot read blob {digest} in {self.root}: {exc.strerror or exc}") from None
+
     def read_blob(self, digest: str) -> bytes:
         """Read a small blob (manifest, config, index) whole and check it against its name.
 
         A damaged index can name a multi-GB layer where a manifest belongs: that is refused, not read into memory.
         """
-        path = self.blob_path(digest)
+        what = f"blob {digest} in {self.root}"
         try:
-            if path.stat().st_size > DOCUMENT_MAX_BYTES:
-                raise OcimodelError(f"blob {digest} in {self.root} is too large for a manifest, index or config")
-            data = path.read_bytes()
+            data = _read_small(self.blob_path(digest), DOCUMENT_MAX_BYTES, what, "a manifest, index or config")
         except FileNotFoundError:
             raise OcimodelError(f"layout {self.root} lacks blob {digest}") from None
+        except OSError as exc:
+            raise OcimodelError(f"cannot read {what}: {exc.strerror or exc}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise DigestMismatch(f"blob {digest} in {self.root} is corrupt (its content hashes differently)")
         return data
 
     def manifests(self) -> list[Descriptor]:
-        """The entries of ``index.json``, in file order."""
+        """The entries of ``index.json``, in file order; a hand-edited or hostile one gives one line, not a traceback.
+
+        ``index.json`` is capped like any document read whole: tens of thousands of tags fit in it.
+        """
+        what = str(self.index_path)
         try:
-            index = json.loads(self.index_path.read_text())
-            return [Descriptor.from_json(m) for m in index.get("manifests", [])]
-        except (OSError, ValueError) as exc:
-            raise OcimodelError(f"cannot read {self.index_path}: {exc}") from exc
+            data = _read_small(self.index_path, DOCUMENT_MAX_BYTES, what, "an image index")
+        except OSError as exc:
+            raise OcimodelError(f"cannot read {self.index_path}: {exc.strerror or exc}") from None
+        return descriptor_list(parse_document(data, what), "manifests", what)
 
     def tags(self) -> dict[str, Descriptor]:
         return {

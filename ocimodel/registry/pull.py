@@ -13,17 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocimodel.errors import DigestMismatch, OcimodelError
-from ocimodel.layout.descriptor import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    MAX_INDEX_DEPTH,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Descriptor,
-    Platform,
-    parse_document,
-)
+from ocimodel.layout.descriptor import MANIFEST_TYPES, Descriptor, Platform, parse_document
 from ocimodel.layout.store import Layout
+from ocimodel.layout.walk import Node, walk
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.reference import Reference
 
@@ -37,13 +29,10 @@ class PulledImage:
     config_json: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _Document:
-    """A manifest or index as fetched: its exact bytes (kept for storing) and their parsed form."""
-
-    descriptor: Descriptor
-    data: bytes
-    json: dict[str, Any]
+def _schema_2(node: Node) -> Node:
+    if node.doc.get("schemaVersion") != 2:
+        raise OcimodelError(f"{node.what} has schemaVersion {node.doc.get('schemaVersion')!r}; only 2 is supported")
+    return node
 
 
 def pull_image(
@@ -99,22 +88,18 @@ class _Puller:
         self._client = client
 
     def pull(self, digest: str, platform: Platform) -> PulledImage:
-        parents: list[_Document] = []
-        document = self._document(digest)
-        while document.descriptor.media_type in INDEX_TYPES:
-            if len(parents) == MAX_INDEX_DEPTH:
-                raise OcimodelError(f"{self._ref} nests image indexes more than {MAX_INDEX_DEPTH} deep; refusing it")
-            parents.append(document)
-            chosen = self._select(document, platform)
-            document = self._document(chosen.digest, chosen)
-        manifest = document
+        def follow(index: Node) -> list[Descriptor]:
+            return [self._select(_schema_2(index), platform)]
+
+        nodes = walk(Descriptor("", digest, 0), self._read, follow, str(self._ref))
+        manifest = _schema_2(nodes[0])  # one entry followed per index: the walk is a path, the manifest its end
         if manifest.descriptor.media_type not in MANIFEST_TYPES:
             raise OcimodelError(
                 f"{self._ref} is a {manifest.descriptor.media_type}, not an image manifest or index"
             )
         try:
-            config_descriptor = Descriptor.from_json(manifest.json["config"])
-            layers = [Descriptor.from_json(layer) for layer in manifest.json.get("layers") or []]
+            config_descriptor = Descriptor.from_json(manifest.doc["config"])
+            layers = [Descriptor.from_json(layer) for layer in manifest.doc.get("layers") or []]
         except (KeyError, TypeError, ValueError) as exc:
             raise OcimodelError(f"manifest {manifest.descriptor.digest} of {self._ref} is malformed: {exc}") from None
         for layer in layers:
@@ -126,33 +111,20 @@ class _Puller:
         descriptor = manifest.descriptor
         if descriptor.platform is None:
             descriptor = self._check_platform(descriptor, config, platform)
-        for document in (manifest, *reversed(parents)):
-            if not self._layout.has_blob(document.descriptor.digest):
-                self._layout.write_blob([document.data], document.descriptor.digest)
-        return PulledImage(descriptor, manifest.json, config)
+        for node in nodes:  # the manifest, then each index up to the top
+            if not self._layout.has_blob(node.descriptor.digest):
+                self._layout.write_blob([node.data], node.descriptor.digest)
+        return PulledImage(descriptor, manifest.doc, config)
 
-    def _document(self, digest: str, entry: Descriptor | None = None) -> _Document:
+    def _read(self, desc: Descriptor) -> bytes:
         """A manifest or index from the layout if it is there, else from the registry (verified either way)."""
-        if self._layout.has_blob(digest):
-            data = self._layout.read_blob(digest)
-        else:
-            data, _ = self._client.get_manifest(self._ref.repository, digest)
-        doc = parse_document(data, f"manifest {digest} of {self._ref}")
-        if doc.get("schemaVersion") != 2:
-            raise OcimodelError(
-                f"manifest {digest} of {self._ref} has schemaVersion {doc.get('schemaVersion')!r}; only 2 is supported"
-            )
-        media_type = doc.get("mediaType") or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
-        descriptor = Descriptor(
-            media_type, digest, len(data), entry.annotations if entry else {}, entry.platform if entry else None
-        )
-        return _Document(descriptor, data, doc)
+        if self._layout.has_blob(desc.digest):
+            return self._layout.read_blob(desc.digest)
+        data, _ = self._client.get_manifest(self._ref.repository, desc.digest)
+        return data
 
-    def _select(self, index: _Document, platform: Platform) -> Descriptor:
-        try:
-            entries = [Descriptor.from_json(m) for m in index.json.get("manifests") or []]
-        except ValueError as exc:
-            raise OcimodelError(f"index {index.descriptor.digest} of {self._ref} is malformed: {exc}") from None
+    def _select(self, index: Node, platform: Platform) -> Descriptor:
+        entries = index.entries()
         candidates = [e for e in entries if e.platform is not None and platform.matches(e.platform)]
         exact = [e for e in candidates if e.platform == platform]
         if not candidates:

@@ -22,8 +22,9 @@ from urllib.parse import urljoin
 import requests
 
 from ocimodel.errors import OcimodelError
-from ocimodel.layout.descriptor import INDEX_TYPES, Descriptor, parse_document
+from ocimodel.layout.descriptor import Descriptor, descriptor_list
 from ocimodel.layout.store import Layout
+from ocimodel.layout.walk import Node, walk
 from ocimodel.layout.tarlayer import read_range
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
@@ -131,26 +132,19 @@ def select_tag(layout: Layout, tag: str | None) -> tuple[str, Descriptor]:
 
 def collect(layout: Layout, top: Descriptor) -> _Image:
     """Walk the image from ``top`` and check every blob is in the layout with its size, before anything is sent."""
+    nodes = walk(top, lambda desc: layout.read_blob(desc.digest), Node.entries, f"layout {layout.root}")
     blobs: dict[str, Descriptor] = {}
-    manifests: list[tuple[Descriptor, bytes]] = []
-
-    def visit(desc: Descriptor) -> None:
-        data = layout.read_blob(desc.digest)
-        doc = parse_document(data, f"{desc.digest} in {layout.root}")
-        media_type = desc.media_type or doc.get("mediaType", "")
-        if media_type in INDEX_TYPES or "manifests" in doc:
-            for child in doc.get("manifests", []):
-                visit(Descriptor.from_json(child))
-        else:
-            for raw in [doc["config"], *doc.get("layers", [])]:
-                blob = Descriptor.from_json(raw)
+    for node in nodes:
+        if not node.is_index:
+            if "config" not in node.doc:
+                raise OcimodelError(f"{node.what} is malformed: it has no config; nothing was pushed")
+            try:
+                config = Descriptor.from_json(node.doc["config"])
+            except ValueError as exc:
+                raise OcimodelError(f"{node.what} is malformed: {exc}; nothing was pushed") from None
+            for blob in (config, *descriptor_list(node.doc, "layers", node.what)):
                 blobs.setdefault(blob.digest, blob)
-        manifests.append((Descriptor(media_type, desc.digest, desc.size, desc.annotations, desc.platform), data))
-
-    try:
-        visit(top)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise OcimodelError(f"layout {layout.root} holds a malformed manifest or index ({exc}); nothing was pushed") from None
+    manifests = tuple((node.descriptor, node.data) for node in nodes)
     for blob in blobs.values():
         path = layout.blob_path(blob.digest)
         if not path.is_file():
@@ -160,7 +154,7 @@ def collect(layout: Layout, top: Descriptor) -> _Image:
                 f"blob {blob.digest} in {layout.root} is {path.stat().st_size} bytes, not {blob.size}; "
                 "the layout is damaged: pack it again (nothing was pushed)"
             )
-    return _Image(manifests[-1][0], tuple(blobs.values()), tuple(manifests))
+    return _Image(manifests[-1][0], tuple(blobs.values()), manifests)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 import tarfile
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 import zstandard
@@ -36,8 +37,10 @@ from ocimodel.layout.store import Layout
 from ocimodel.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
+from ocimodel import verify as verify_module
 from ocimodel.verify import (
     QUICK,
+    Budget,
     Entry,
     Image,
     Kind,
@@ -64,7 +67,7 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class M:
-    """A tar member to write: kind is file, dir, sym (symlink) or hard (hard link)."""
+    """A tar member to write: kind is file, dir, sym (symlink), hard (hard link), chr (device) or fifo."""
 
     name: str
     kind: str = "file"
@@ -74,7 +77,8 @@ class M:
 
 
 def tar(*members: M) -> bytes:
-    types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE}
+    types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
+             "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as archive:
         for m in members:
@@ -211,7 +215,7 @@ def test_only_the_checks_of_the_chosen_modes_run(tmp_path: Path) -> None:
     assert report.modes == ("native",)
     assert {c.id for c in report.checks} == {
         "native.models", "limits.layers", "limits.layer-size", "limits.manifest-size", "limits.zstd", "node.pull",
-        "files.readable",
+        "image.checkable", "files.readable", "files.special",
     }
     assert not report.failed  # the missing shell only matters to the modelcar
 
@@ -414,6 +418,20 @@ def test_a_private_root_directory(tmp_path: Path) -> None:
     assert "/ (0700)" in detail(check(layout), "files.readable")
 
 
+def test_devices_fifos_and_setuid_files_under_models_fail(tmp_path: Path) -> None:
+    layout = packed(tmp_path)
+    assert results(check(layout))["files.special"] is Result.PASS
+    odd = (M("models/null", "chr"), M("models/pipe", "fifo"), M("models/run", mode=0o4755, data=b"x"),
+           M("models/grp", mode=0o2755, data=b"y"), M("etc/tool", mode=0o4755, data=b"z"))
+    rebase(layout, [plain(tar(*BUSYBOX, *odd))])
+    report = check(layout)
+    assert results(report)["files.special"] is Result.FAIL
+    assert "/models/grp (setgid 2755), /models/null (device), /models/pipe (fifo), /models/run (setuid 4755)" in detail(
+        report, "files.special"
+    )
+    assert "etc/tool" not in detail(report, "files.special")  # outside /models is the base image's business
+
+
 # --- limits ------------------------------------------------------------------------------------------------------
 
 
@@ -572,3 +590,146 @@ def test_warnings_name_the_platform_only_when_not_all_have_the_problem(tmp_path:
     lines = layout_warnings(layout, "latest")
     assert lines and all(line.startswith("linux/arm64: modelcar.tools:") for line in lines)
     assert QUICK.stream_big is False
+
+
+# --- hostile layers: what one check may cost -------------------------------------------------------------------
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def bomb(compression: str, expanded: int) -> tuple[str, bytes]:
+    """A layer of one file of ``expanded`` zero bytes: a few KB compressed, written without holding it."""
+    out = io.BytesIO()
+    if compression == "zstd":
+        media, sink = OCI_LAYER_ZSTD, zstandard.ZstdCompressor().stream_writer(out, closefd=False)
+    else:
+        media, sink = OCI_LAYER_GZIP, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9)
+    with sink, tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("models/zeros.bin")
+        info.size = expanded
+        archive.addfile(info, io.BufferedReader(_Zeros(expanded), MIB))
+    return media, out.getvalue()
+
+
+def members(count: int, name: str = "models/f{}") -> bytes:
+    return zstandard.ZstdCompressor().compress(tar(*(M(name.format(i)) for i in range(count))))
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_a_decompression_bomb_is_read_up_to_the_budget_only(tmp_path: Path, compression: str) -> None:
+    layout = packed(tmp_path)
+    media, data = bomb(compression, 64 * MIB)
+    assert len(data) < MIB // 8  # expands 500 times and more
+    bad = rebase(layout, extra=[(media, data)])
+    policy = ReadPolicy(expanded=2 * MIB, ratio=0)
+    budget = Budget(policy)
+    image = gather(LayoutStore(Layout.open(layout)), AMD64, policy, budget)
+    assert budget.expanded <= 2 * MIB + 1  # what was decompressed: not one byte past the cap, of 64 MiB
+    assert [c.how for c in image.contents][-1] == "too-large"
+    report = judge(image, AMD64)
+    assert results(report)["image.checkable"] is Result.WARN
+    layer = json.loads(Layout.open(layout).read_blob(bad.digest))["layers"][-1]["digest"]
+    assert f"too large to check: layer {layer[7:19]} decompresses past 2.0 MiB" in detail(report, "image.checkable")
+    assert results(report)["files.readable"] is Result.SKIP
+
+
+def test_the_budget_grows_with_the_layers_read_but_not_with_a_bomb(tmp_path: Path) -> None:
+    layout = packed(tmp_path)
+    media, data = bomb("zstd", 64 * MIB)
+    rebase(layout, extra=[(media, data)])
+    budget = Budget(ReadPolicy(expanded=MIB, ratio=10))
+    gather(LayoutStore(Layout.open(layout)), AMD64, budget=budget)
+    sizes = sum(d.size for d in gather(LayoutStore(Layout.open(layout)), AMD64, QUICK).layers)
+    assert budget.allowed == MIB + 10 * sizes < 2 * MIB
+    assert budget.expanded <= budget.allowed + 1
+
+
+def test_the_warnings_after_push_name_a_layer_too_large_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = packed(tmp_path)
+    rebase(layout, extra=[bomb("zstd", 16 * MIB)])
+    monkeypatch.setattr(verify_module, "QUICK", replace(QUICK, expanded=MIB))
+    lines = layout_warnings(layout, None)
+    assert any(line.startswith("image.checkable: too large to check: layer ") and "1.0 MiB" in line for line in lines)
+
+
+def test_members_past_the_cap_are_not_kept(tmp_path: Path) -> None:
+    layout = packed(tmp_path)
+    rebase(layout, extra=[(OCI_LAYER_ZSTD, members(5000))])
+    policy = ReadPolicy(entries=1000)
+    budget = Budget(policy)
+    report = judge(gather(LayoutStore(Layout.open(layout)), AMD64, policy, budget), AMD64)
+    assert budget.entries == 1001  # the one over the cap stops the read
+    assert "past 1,000 tar members" in detail(report, "image.checkable")
+
+
+def test_member_names_longer_than_a_runtime_takes_are_too_large(tmp_path: Path) -> None:
+    layout = packed(tmp_path)
+    rebase(layout, extra=[plain(tar(M("models/" + "a/" * 3000 + "x")))])
+    report = check(layout)
+    assert "has a member name of 6,008 bytes" in detail(report, "image.checkable")
+    budget = Budget(ReadPolicy(names=10_000))
+    rebase(layout, extra=[plain(tar(*(M(f"models/{i:04}/" + "d/" * 20 + "f") for i in range(40))))])
+    report = judge(gather(LayoutStore(Layout.open(layout)), AMD64, budget=budget), AMD64)
+    assert "of member names" in detail(report, "image.checkable")  # deep paths are charged for the parents they imply
+
+
+def _line_events(work: Callable[[], object]) -> int:
+    """Lines of Python executed by ``work``: an operation count that, unlike a clock, load cannot skew."""
+    count = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        count += event == "line"
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def _wiped(n: int) -> list[list[Entry]]:
+    below = [Entry(f"data/f{i}", f"data/f{i}", Kind.FILE) for i in range(n)]
+    below += [Entry(f"dirs/d{i}/f", f"dirs/d{i}/f", Kind.FILE) for i in range(n)]
+    above = [Entry(f"data/.wh.f{i}", f"data/f{i}", Kind.WHITEOUT) for i in range(n)]
+    above += [Entry(f"dirs/d{i}/.wh..wh..opq", f"dirs/d{i}", Kind.OPAQUE) for i in range(n)]
+    return [below, above]
+
+
+def test_whiteouts_cost_what_they_delete_not_the_whole_tree() -> None:
+    small, large = (_line_events(lambda: overlay(_wiped(n))) for n in (300, 1200))
+    assert large < 5 * small, (small, large)  # 4x the whiteouts, about 4x the work; quadratic would be 16x
+    tree = overlay(_wiped(10))
+    assert sorted(tree) == ["data", "dirs", *sorted(f"dirs/d{i}" for i in range(10))]
+    # Deletions leave the tree whole: what a whiteout removed can come back, with the parents it needs.
+    tree = overlay([
+        [Entry("a/b/c", "a/b/c", Kind.FILE), Entry("a/x", "a/x", Kind.FILE), Entry("k", "k", Kind.DIR)],
+        [Entry("a/.wh.b", "a/b", Kind.WHITEOUT), Entry("a/b/new", "a/b/new", Kind.FILE)],
+        [Entry(".wh.a", "a", Kind.WHITEOUT), Entry("a", "a", Kind.FILE), Entry("k/l/m", "k/l/m", Kind.FILE)],
+    ])
+    assert sorted(tree) == ["a", "k", "k/l", "k/l/m"] and tree["a"].kind is Kind.FILE
+
+
+def test_the_warnings_check_a_bounded_number_of_platforms(tmp_path: Path) -> None:
+    layout = packed(tmp_path)
+    manifest = rebase(layout)
+    many = [(manifest, Platform("linux", f"arch{i}")) for i in range(verify_module.QUICK_PLATFORMS + 4)]
+    index_of(layout, [(manifest, AMD64), *many])
+    lines = layout_warnings(layout, "latest")
+    assert lines[-1].startswith(f"checked the first {verify_module.QUICK_PLATFORMS} of 21 platforms")
