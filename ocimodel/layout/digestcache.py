@@ -12,12 +12,11 @@ import hashlib
 import json
 import sqlite3
 import time
-import zlib
 from pathlib import Path
 
 from ocimodel import localdb
 from ocimodel.layout.plan import LayerPlan
-from ocimodel.layout.tarlayer import LayerDigests
+from ocimodel.layout.tarlayer import LayerDigests, codec_id
 
 #: Part of every key: bump it whenever the bytes a plan produces change (tar headers, ordering, compression).
 FORMAT = "ocimodel-tar-1"
@@ -37,19 +36,8 @@ def layer_key(plan: LayerPlan, compression: str) -> str:
             st = f.local.stat()
             identity = ["stat", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         files.append([f.path, *identity])
-    blob = json.dumps([FORMAT, compression, _codec(compression), files], separators=(",", ":")).encode()
+    blob = json.dumps([FORMAT, compression, codec_id(compression), files], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def _codec(compression: str) -> str:
-    """The compressor's version: another zlib (zlib-ng, say) or zstd compresses the same tar to other bytes."""
-    if compression == "gzip":
-        return zlib.ZLIB_RUNTIME_VERSION
-    if compression == "zstd":
-        import zstandard
-
-        return ".".join(map(str, zstandard.ZSTD_VERSION))
-    return ""
 
 
 class DigestCache:
