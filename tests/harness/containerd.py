@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -26,19 +25,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# The registry harness's helpers: stop by PID (SIGTERM, then SIGKILL after a bound) and a log's tail.
+from tests.harness.registry import _stop, _tail
+
 CONTAINERD_BINARY = "containerd"
 CTR_BINARY = "ctr"
 #: The namespace the kubelet's CRI plugin uses; ``ctr`` pulls into it the way the bottlerocket cache scripts do.
 NAMESPACE = "k8s.io"
 SNAPSHOTTER = "overlayfs"
-#: What containerd's CRI plugin fetches at once by default (``max_concurrent_downloads = 3``); ``ctr`` alone is unbounded.
+#: Layers containerd's CRI plugin fetches at once by default (``max_concurrent_downloads``); ``ctr`` alone: no bound.
 CRI_MAX_CONCURRENT_DOWNLOADS = 3
 #: KServe's modelcar sidecar command (pkg/utils/storage.go), run as args with no entrypoint.
 MODELCAR_COMMAND: tuple[str, ...] = ("sh", "-c", "ln -sf /proc/$$/root/models /mnt/models && sleep infinity")
 
 READINESS_DEADLINE_S = 20.0
 READINESS_POLL_INTERVAL_S = 0.05
-STOP_GRACE_S = 10.0
+#: Lines of containerd's log quoted in an error.
+LOG_LINES = 40
 #: How long a started modelcar may take to run its ``ln``.
 LINK_DEADLINE_S = 10.0
 #: Bound on a single ``ctr`` call; a pull passes its own, larger one.
@@ -99,7 +102,7 @@ class Modelcar:
         return os.readlink(self.mnt / "models")
 
     def model_files(self) -> dict[str, str]:
-        """``relative path → sha256:…`` of every regular file under ``/models``, read through ``/proc/<pid>/root``."""
+        """``relative path → sha256:…`` of every regular file under ``/models``, read through /proc."""
         return sha256_tree(self.models)
 
 
@@ -121,14 +124,6 @@ def sha256_tree(root: Path) -> dict[str, str]:
                 continue
             result[path.relative_to(root).as_posix()] = sha256_file(path)
     return result
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return "<no log file>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _toml_string(value: str) -> str:
@@ -189,7 +184,7 @@ class Containerd:
     def explain(self, result: subprocess.CompletedProcess[str]) -> str:
         return (
             f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\ncontainerd log tail:\n{_tail(self.log_path)}"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\ncontainerd log tail:\n{self.log_tail()}"
         )
 
     def pull(
@@ -285,7 +280,7 @@ class Containerd:
         self.ctr("tasks", "delete", "--force", container_id, check=False)
         self.ctr("containers", "delete", container_id, check=False)
         if container_id in self.containers():
-            raise ContainerdError(f"container {container_id} survived its removal; log tail:\n{_tail(self.log_path)}")
+            raise ContainerdError(f"container {container_id} survived its removal; log tail:\n{self.log_tail()}")
 
     def containers(self) -> list[str]:
         return self.ctr("containers", "list", "--quiet").stdout.split()
@@ -322,10 +317,13 @@ class Containerd:
         if left:
             raise ContainerdError(f"still in containerd after removing every image: {left}")
 
+    def log_tail(self) -> str:
+        return _tail(self.log_path, LOG_LINES)
+
     def assert_alive(self) -> None:
         code = self.process.poll()
         if code is not None:
-            raise ContainerdError(f"containerd exited with {code}; log tail:\n{_tail(self.log_path)}")
+            raise ContainerdError(f"containerd exited with {code}; log tail:\n{self.log_tail()}")
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], address: Path, log_path: Path) -> None:
@@ -335,7 +333,9 @@ def _wait_until_ready(process: subprocess.Popen[bytes], address: Path, log_path:
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
-            raise ContainerdError(f"containerd exited with {code} before becoming ready; log tail:\n{_tail(log_path)}")
+            raise ContainerdError(
+                f"containerd exited with {code} before becoming ready; log tail:\n{_tail(log_path, LOG_LINES)}"
+            )
         if address.exists():
             try:
                 probe = subprocess.run(
@@ -354,19 +354,9 @@ def _wait_until_ready(process: subprocess.Popen[bytes], address: Path, log_path:
                 last = probe.stderr.strip()
         time.sleep(READINESS_POLL_INTERVAL_S)
     raise ContainerdError(
-        f"containerd at {address} not ready within {READINESS_DEADLINE_S}s ({last}); log tail:\n{_tail(log_path)}"
+        f"containerd at {address} not ready within {READINESS_DEADLINE_S}s ({last}); "
+        f"log tail:\n{_tail(log_path, LOG_LINES)}"
     )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_GRACE_S)
 
 
 def _mounts_under(directory: Path) -> list[str]:
@@ -429,7 +419,7 @@ def run_containerd(workdir: Path) -> Iterator[Containerd]:
         yield instance
     finally:
         died_early = process.poll()
-        death = f"containerd died during the tests (exit {died_early}); log tail:\n{_tail(log_path)}"
+        death = f"containerd died during the tests (exit {died_early}); log tail:\n{_tail(log_path, LOG_LINES)}"
         try:
             if ready and died_early is None:
                 for container_id in instance.containers():
