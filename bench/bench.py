@@ -444,7 +444,7 @@ def main() -> None:
         node_model = model_dir(work, size, NODE_SHARDS)
         make_model(node_model, size, -(-size // NODE_SHARDS))
         subprocess.run(["sh", "-c", f"cat {shlex.quote(str(node_model))}/* > /dev/null"], check=True)
-        sections.append(node_section(bench, timed, node_model, args.node_runs))
+        sections.append(node_section(bench, timed, process_cpu, node_model, args.node_runs))
     if args.only == "scaling":
         rows = bench.scaling([parse_size(s) for s in args.sizes.split(",")])
         lines = ["| model | wall s | s per GiB | CPU s | peak RSS MiB | disk written MiB |", "|---|---:|---:|---:|---:|---:|"]

@@ -94,11 +94,6 @@ class NodeResult:
         return statistics.median(field(p) for p in self.pulls)
 
 
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -131,9 +126,11 @@ def image_of(registry: Registry, name: str, repo: str, tag: str = "v1") -> Image
 class NodeBench:
     """Builds the images into one registry (timing the builds), then pulls and starts each in a private containerd."""
 
-    def __init__(self, bench: Any, timed: Callable[..., Any], model: Path, runs: int) -> None:
+    def __init__(self, bench: Any, timed: Callable[..., Any], process_cpu: Callable[[int], float], model: Path,
+                 runs: int) -> None:
         self.bench = bench
         self.timed = timed
+        self.process_cpu = process_cpu
         self.model = model
         self.runs = runs
         self.builds: list[tuple[Any, Image]] = []
@@ -193,6 +190,7 @@ class NodeBench:
 
     def pull(self, node: Containerd, registry: Registry, image: Image, concurrency: int) -> Pull:
         node.make_cold()
+        process_cpu = self.process_cpu
         before = (children_cpu(), process_cpu(node.process.pid), process_cpu(registry.process.pid))
         started = time.monotonic()
         result = node.ctr("images", "pull", "--plain-http", "--snapshotter", SNAPSHOTTER,
@@ -310,5 +308,7 @@ def containerd_version() -> str:
     return f"containerd {out[2]}" if len(out) > 2 else "containerd"
 
 
-def node_section(bench: Any, timed: Callable[..., Any], model: Path, runs: int) -> str:
-    return NodeBench(bench, timed, model, runs).run()
+def node_section(bench: Any, timed: Callable[..., Any], process_cpu: Callable[[int], float], model: Path,
+                 runs: int) -> str:
+    """``timed`` and ``process_cpu`` are bench.py's: every section measures commands and the registry alike."""
+    return NodeBench(bench, timed, process_cpu, model, runs).run()
