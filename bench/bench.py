@@ -5,6 +5,7 @@ seconds, peak RSS and bytes written to disk. Run it from the repo root on a quie
 
     python3 bench/bench.py --size 4GiB --out docs/benchmarks.md
     python3 bench/bench.py --only scaling --sizes 1GiB,4GiB,16GiB
+    sudo .venv/bin/python bench/bench.py --only node --size 4GiB   # root, containerd, runc, buildah: bench/node.py
 
 Every command runs under GNU ``/usr/bin/time``, so CPU, peak RSS and disk writes are the kernel's numbers. Caches
 are warm: the model is read once before timing, so every contender sees the same page cache. Each registry case
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shlex
@@ -41,25 +43,55 @@ CHUNK = 1 << 20
 OCIMODEL = [sys.executable, "-m", "ocimodel"]
 
 
+def _bf16_high_bytes(sigma: float = 0.02) -> bytes:
+    """A table that turns a uniform random byte into the high byte of a bf16 weight drawn from N(0, sigma).
+
+    That byte holds the sign and the top seven exponent bits, so it takes a handful of values; the low byte (the
+    last exponent bit and the mantissa) is near uniform. Real bf16 checkpoints are like that, which is why gzip and
+    zstd take 20-22 % off them, and no more (docs/benchmarks.md measures this generator against numpy's normal).
+    """
+    weights = []
+    for e7 in range(128):
+        lo, hi = 2.0 ** (2 * e7 - 127), 2.0 ** (2 * e7 + 2 - 127)
+        weights.append(math.erf(hi / (sigma * math.sqrt(2))) - math.erf(lo / (sigma * math.sqrt(2))))
+    total, table, cumulative = sum(weights), bytearray(), 0.0
+    for e7, w in enumerate(weights):
+        cumulative += w / total
+        table += bytes([e7]) * (round(cumulative * 128) - len(table))
+    table = table[:128].ljust(128, b"\x3f")
+    return bytes(table) + bytes(b | 0x80 for b in table)
+
+
+BF16_HIGH = _bf16_high_bytes()
+
+
 def make_model(root: Path, total: int, shard: int = SHARD) -> None:
-    """bf16-like shards: random bytes (barely compressible, like real weights) and small config files."""
+    """bf16-like shards (barely compressible, like real weights, never repeating) and small config files."""
     root.mkdir(parents=True, exist_ok=True)
     count = max(1, -(-total // shard))
-    block = bytearray(random.Random(0).randbytes(CHUNK))
     for i in range(count):
         size = min(shard, total - i * shard)
         path = root / f"model-{i + 1:05d}-of-{count:05d}.safetensors"
         if path.exists() and path.stat().st_size == size:
             continue
-        with open(path, "wb") as f:
+        rng = random.Random(i)
+        block = bytearray(CHUNK)
+        with open(path.with_suffix(".partial"), "wb") as f:
             written = 0
             while written < size:
-                block[:16] = written.to_bytes(8, "little") + i.to_bytes(8, "little")
+                block[0::2] = rng.randbytes(CHUNK // 2)
+                block[1::2] = rng.randbytes(CHUNK // 2).translate(BF16_HIGH)
                 n = min(CHUNK, size - written)
                 f.write(block[:n])
                 written += n
+        path.with_suffix(".partial").rename(path)
     (root / "config.json").write_text('{"architectures": ["Synthetic"], "torch_dtype": "bfloat16"}\n')
     (root / "tokenizer.json").write_text('{"version": "1.0"}\n')
+
+
+def model_dir(work: Path, size: int, shards: int | None = None) -> Path:
+    """Where the synthetic model of this size lives (``bf16`` in the name: older runs' random models differ)."""
+    return work / (f"model-bf16-{size}" + (f"-{shards}shards" if shards else ""))
 
 
 def model_files(root: Path) -> list[str]:
@@ -237,6 +269,22 @@ class Bench:
                       f" && {shlex.join([*OCIMODEL, 'push', str(layout), f'{registry.host}/bench/pp:v1'])}")
             runs.append(timed("ocimodel pack + ocimodel push", ["sh", "-c", script], self.env, registry))
             shutil.rmtree(layout)
+        for compression in ("gzip", "zstd"):
+            with self.registry(f"build-{compression}") as registry:
+                self.fresh_cache()
+                runs.append(timed(f"ocimodel build --compression {compression}",
+                                  [*OCIMODEL, "build", str(model), f"{registry.host}/bench/build:{compression}",
+                                   "--base", self.base_ref(registry), "--compression", compression],
+                                  self.env, registry))
+            with self.registry(f"pack-push-{compression}") as registry:
+                self.fresh_cache()
+                layout = self.work / "pp-layout"
+                pack = [*OCIMODEL, "pack", str(model), str(layout), "--base", self.base_ref(registry),
+                        "--compression", compression]
+                script = f"{shlex.join(pack)} && {shlex.join([*OCIMODEL, 'push', str(layout), f'{registry.host}/bench/pp:v1'])}"
+                runs.append(timed(f"ocimodel pack --compression {compression} + ocimodel push", ["sh", "-c", script],
+                                  self.env, registry))
+                shutil.rmtree(layout)
         olot = self.olot()
         with self.registry("olot") as registry:
             layout = self.work / "olot-layout"
@@ -261,7 +309,7 @@ class Bench:
     def scaling(self, sizes: list[int]) -> list[tuple[int, Run]]:
         rows = []
         for size in sizes:
-            model = self.work / f"model-{size}"
+            model = model_dir(self.work, size)
             make_model(model, size)
             subprocess.run(["sh", "-c", f"cat {shlex.quote(str(model))}/* > /dev/null"], check=True)
             with self.registry(f"scale-{size}") as registry:
@@ -270,6 +318,64 @@ class Bench:
                                          [*OCIMODEL, "build", str(model), f"{registry.host}/bench/scale:v1",
                                           "--base", self.base_ref(registry)], self.env, registry)))
         return rows
+
+
+CODEC_SAMPLE = 64 << 20
+
+
+def codec_candidates() -> dict[str, Callable[[], object]]:
+    """Deflate and zstd compressors a gzip or zstd layer could use; those not installed are left out."""
+    import zlib
+
+    import zstandard
+
+    found: dict[str, Callable[[], object]] = {
+        "zlib level 6 (Python's zlib: the gzip of ocimodel before)": lambda: zlib.compressobj(6, zlib.DEFLATED, -15),
+        "zlib level 1": lambda: zlib.compressobj(1, zlib.DEFLATED, -15),
+    }
+    try:
+        from isal import isal_zlib
+
+        found["ISA-L level 1 (python-isal: ocimodel's gzip)"] = lambda: isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+        found["ISA-L level 2"] = lambda: isal_zlib.compressobj(2, isal_zlib.DEFLATED, -15)
+    except ImportError:
+        pass
+    try:
+        from zlib_ng import zlib_ng
+
+        found["zlib-ng level 2"] = lambda: zlib_ng.compressobj(2, zlib_ng.DEFLATED, -15)
+        found["zlib-ng level 6"] = lambda: zlib_ng.compressobj(6, zlib_ng.DEFLATED, -15)
+    except ImportError:
+        pass
+    found["zstd level 3 (ocimodel's zstd)"] = lambda: zstandard.ZstdCompressor(level=3).compressobj()
+    return found
+
+
+def codecs(work: Path) -> str:
+    """Ratio and single-core speed of each codec on bf16-like weights, and what 16 MiB spans cost in size."""
+    sample_dir = work / "codec-sample"
+    make_model(sample_dir, CODEC_SAMPLE, CODEC_SAMPLE)
+    data = (sample_dir / "model-00001-of-00001.safetensors").read_bytes()
+    lines = ["| codec | output / input | MB/s per core |", "|---|---:|---:|"]
+    for name, make in codec_candidates().items():
+        compressor = make()
+        started, out = time.process_time(), 0
+        for i in range(0, len(data), CHUNK):
+            out += len(compressor.compress(data[i : i + CHUNK]))  # type: ignore[attr-defined]
+        out += len(compressor.flush())  # type: ignore[attr-defined]
+        lines.append(f"| {name} | {out / len(data):.4f} | {len(data) / (time.process_time() - started) / 1e6:.0f} |")
+    from ocimodel.layout import tarlayer
+
+    spans = ["| layer codec | spans of 16 MiB | one span | cost |", "|---|---:|---:|---:|"]
+    member = [tarlayer.Member("models"), tarlayer.Member("models/w.safetensors", sample_dir / "model-00001-of-00001.safetensors", len(data))]
+    for compression in ("gzip", "zstd"):
+        sizes = []
+        for span in (16 << 20, 1 << 40):
+            tarlayer.SPAN = span
+            sizes.append(tarlayer.encode_layer(tarlayer.tar_chunks(member), compression, tarlayer.Discard()).size)
+        tarlayer.SPAN = 16 << 20
+        spans.append(f"| {compression} | {sizes[0]} B | {sizes[1]} B | {(sizes[0] - sizes[1]) / sizes[1]:+.4%} |")
+    return "\n".join([f"## codecs on {CODEC_SAMPLE >> 20} MiB of bf16-like weights", "", *lines, "", *spans, ""])
 
 
 def table(runs: list[Run], size: int, floor: Run) -> str:
@@ -294,18 +400,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "out", help="scratch directory (models reused)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
-    parser.add_argument("--only", choices=("pack", "push", "build", "scaling"), help="run one part only")
+    parser.add_argument("--only", choices=("pack", "push", "build", "scaling", "node", "codecs"),
+                        help="run one part only")
+    parser.add_argument("--node-runs", type=int, default=2, help="cold pulls per image in the node section")
     args = parser.parse_args()
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, args.jobs)
     size = parse_size(args.size)
-    model = work / f"model-{size}"
-    make_model(model, size)
-    total = sum(p.stat().st_size for p in model.iterdir())
-    subprocess.run(["sh", "-c", f"cat {shlex.quote(str(model))}/* > /dev/null"], check=True)
-    title = f"{total / 2**30:.1f} GiB synthetic model"
+    model = model_dir(work, size)
+    if args.only in (None, "pack", "push", "build"):
+        make_model(model, size)
+        total = sum(p.stat().st_size for p in model.iterdir())
+        subprocess.run(["sh", "-c", f"cat {shlex.quote(str(model))}/* > /dev/null"], check=True)
+        title = f"{total / 2**30:.1f} GiB synthetic model"
     sections = []
     if args.only in (None, "pack"):
         runs = bench.pack(model)
@@ -327,6 +436,15 @@ def main() -> None:
                         f"here, so the CPU both need (the hash floor's {runs[0].cpu:.1f} s plus the registry's "
                         f"{runs[1].registry_cpu or 0:.1f} s while ingesting) gives a shared floor of {shared:.1f} s; "
                         f"one-pass build is {one_pass.wall / max(shared, floor.wall):.2f}× the larger of the two.\n")
+    if args.only in (None, "codecs"):
+        sections.append(codecs(work))
+    if args.only == "node":  # root, containerd and half an hour: only when asked for
+        from node import NODE_SHARDS, node_section
+
+        node_model = model_dir(work, size, NODE_SHARDS)
+        make_model(node_model, size, -(-size // NODE_SHARDS))
+        subprocess.run(["sh", "-c", f"cat {shlex.quote(str(node_model))}/* > /dev/null"], check=True)
+        sections.append(node_section(bench, timed, process_cpu, node_model, args.node_runs))
     if args.only == "scaling":
         rows = bench.scaling([parse_size(s) for s in args.sizes.split(",")])
         lines = ["| model | wall s | s per GiB | CPU s | peak RSS MiB | disk written MiB |", "|---|---:|---:|---:|---:|---:|"]

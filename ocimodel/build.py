@@ -33,7 +33,7 @@ from ocimodel.layout.digestcache import DigestCache, layer_key
 from ocimodel.layout.image import Layer, assemble, base_layers
 from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
-from ocimodel.layout.tarlayer import Discard, LayerDigests, encode_layer, encoded_range, tar_chunks, tar_size
+from ocimodel.layout.tarlayer import Discard, EncodedLayer, LayerDigests, encode_layer, tar_chunks, tar_size
 from ocimodel.pack import PackOptions, image_annotations, layer_of, load_bases
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter, stoppable
@@ -208,7 +208,8 @@ def _send_layer(
         # A compressed layer's size is only known once compressed, and an upload must announce it.
         digests = _hash_layer(plan, ctx.compression, ctx.reporter, stop)
     size = digests.size if digests else tar_size(members)
-    upload = Upload(size, digests.digest if digests else None, partial(encoded_range, members, ctx.compression),
+    # One reader per upload: its chunks continue one compression stream instead of compressing again from zero.
+    upload = Upload(size, digests.digest if digests else None, EncodedLayer(members, ctx.compression).read,
                     plan.title)
     try:
         outcome = ctx.pusher.push_blob(upload, stop, absent=absent)

@@ -12,13 +12,12 @@ import hashlib
 import json
 import sqlite3
 import time
-import zlib
 from pathlib import Path
 
 from ocimodel import localdb
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.plan import LayerPlan
-from ocimodel.layout.tarlayer import LayerDigests
+from ocimodel.layout.tarlayer import LayerDigests, codec_id
 from ocimodel.source import FileIdentity, SourceFile
 
 #: Part of every key: bump it whenever the bytes a plan produces change (tar headers, ordering, compression).
@@ -40,7 +39,7 @@ def layer_key(plan: LayerPlan, compression: str) -> str:
             known = f.identity or _identity_now(f)
             identity = ["stat", known.device, known.inode, known.size, known.mtime_ns, known.ctime_ns]
         files.append([f.path, *identity])
-    blob = json.dumps([FORMAT, compression, _codec(compression), files], separators=(",", ":")).encode()
+    blob = json.dumps([FORMAT, compression, codec_id(compression), files], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -49,17 +48,6 @@ def _identity_now(f: SourceFile) -> FileIdentity:
         return FileIdentity.of(f.local.stat())
     except OSError as exc:
         raise OcimodelError(f"cannot read {f.local}: {exc.strerror or exc}") from exc
-
-
-def _codec(compression: str) -> str:
-    """The compressor's version: another zlib (zlib-ng, say) or zstd compresses the same tar to other bytes."""
-    if compression == "gzip":
-        return zlib.ZLIB_RUNTIME_VERSION
-    if compression == "zstd":
-        import zstandard
-
-        return ".".join(map(str, zstandard.ZSTD_VERSION))
-    return ""
 
 
 class DigestCache:

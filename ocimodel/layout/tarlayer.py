@@ -14,7 +14,6 @@ import hashlib
 import os
 import stat
 import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
@@ -167,56 +166,103 @@ def read_range(
         raise OcimodelError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-class Compressor(Protocol):
+# --- compression -----------------------------------------------------------------------------------------------
+#
+# A compressed layer is cut into spans of SPAN tar bytes, each compressed from a clean state by a compressor of its
+# own. Build sends a layer as it compresses it; when an upload has to resume in the middle of a layer, the bytes
+# from the registry's offset on are compressed again from the start of the span that holds it, not from the start
+# of the layer (a deflate or zstd stream cannot be entered in the middle, and compressor state cannot be copied).
+# The spans cost nothing measurable in size (docs/benchmarks.md: a 32 KiB deflate window or a 2 MiB zstd window
+# against 16 MiB spans), and any reader reads them: gzip stays one member whose deflate blocks are byte-aligned at
+# each span end by an empty stored block (as pigz writes them), zstd becomes one frame per span, which the format
+# defines as one stream (zstd:chunked layers are built the same way).
+
+#: Tar bytes per independently compressed span; part of the digest cache key (``codec_id``).
+SPAN = 16 << 20
+
+
+class SpanCompressor(Protocol):
     def compress(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...
+    def flush(self) -> bytes:
+        """The rest of the span, ending so that the next span may start from a clean compressor."""
+        ...
 
 
-class _Identity:
+@dataclass(frozen=True)
+class _Codec:
+    media_type: str
+    span: Callable[[], SpanCompressor]
+    #: Before the first span, and after the last one (given the CRC-32 and length of the whole tar stream).
+    prefix: bytes
+    suffix: Callable[[int, int], bytes]
+    #: The running checksum the suffix needs (gzip's CRC-32), or None.
+    checksum: Callable[[bytes, int], int] | None
+    version: Callable[[], str]
+
+
+#: gzip with a fixed header (no name, mtime 0, OS 255) so output does not depend on the machine.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+#: The closing deflate block: final, fixed Huffman codes, holding nothing but its end code.
+_DEFLATE_END = b"\x03\x00"
+
+
+class _DeflateSpan:
+    """Raw deflate through ISA-L's igzip (python-isal), level 1: ~15x zlib's speed on bf16 weights, for a smaller
+    output than zlib's level 6 (docs/benchmarks.md). Its bytes are fixed for a given ISA-L version on any x86-64
+    with SSE4.2; other CPUs may get other (equally valid) bytes, so the version is part of the digest cache key."""
+
+    def __init__(self) -> None:
+        from isal import isal_zlib
+
+        self._deflate = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
+        self._sync = isal_zlib.Z_SYNC_FLUSH
+
     def compress(self, data: bytes) -> bytes:
-        return data
+        return self._deflate.compress(data)
 
     def flush(self) -> bytes:
-        return b""
+        return self._deflate.flush(self._sync)
 
 
-class _Gzip:
-    """gzip with a fixed header (no name, mtime 0, OS 255) so output does not depend on the machine."""
-
-    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-
-    def __init__(self, level: int = 6) -> None:
-        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-        self._crc = 0
-        self._size = 0
-        self._started = False
-
-    def compress(self, data: bytes) -> bytes:
-        self._crc = zlib.crc32(data, self._crc)
-        self._size += len(data)
-        out = self._deflate.compress(data)
-        if not self._started:
-            self._started = True
-            return self.HEADER + out
-        return out
-
-    def flush(self) -> bytes:
-        head = b"" if self._started else self.HEADER
-        trailer = self._crc.to_bytes(4, "little") + (self._size & 0xFFFFFFFF).to_bytes(4, "little")
-        return head + self._deflate.flush() + trailer
+def _gzip_suffix(crc: int, size: int) -> bytes:
+    return _DEFLATE_END + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
 
 
-def _zstd() -> Compressor:
+def _isal_crc32(data: bytes, crc: int) -> int:
+    from isal import isal_zlib
+
+    return isal_zlib.crc32(data, crc)
+
+
+def _isal_version() -> str:
+    import isal
+
+    return f"isal {isal.__version__} isa-l {isal.ISAL_VERSION} level 1"
+
+
+def _zstd_span() -> SpanCompressor:
     import zstandard
 
     return zstandard.ZstdCompressor(level=3, threads=0).compressobj()
 
 
-COMPRESSIONS: dict[str, tuple[str, Callable[[], Compressor]]] = {
-    "none": (OCI_LAYER, _Identity),
-    "gzip": (OCI_LAYER_GZIP, _Gzip),
-    "zstd": (OCI_LAYER_ZSTD, _zstd),
+def _zstd_version() -> str:
+    import zstandard
+
+    return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION)) + " level 3"
+
+
+_CODECS: dict[str, _Codec] = {
+    "gzip": _Codec(OCI_LAYER_GZIP, _DeflateSpan, GZIP_HEADER, _gzip_suffix, _isal_crc32, _isal_version),
+    "zstd": _Codec(OCI_LAYER_ZSTD, _zstd_span, b"", lambda crc, size: b"", None, _zstd_version),
 }
+MEDIA_TYPES = {"none": OCI_LAYER, **{name: codec.media_type for name, codec in _CODECS.items()}}
+
+
+def codec_id(compression: str) -> str:
+    """What decides the compressed bytes besides the tar: another library version or span gives other bytes."""
+    codec = _CODECS.get(compression)
+    return f"{codec.version()} span {SPAN}" if codec else ""
 
 
 @dataclass(frozen=True)
@@ -227,30 +273,123 @@ class LayerDigests:
     diff_id: str
 
 
-def encoded_range(members: Sequence[Member], compression: str, start: int, length: int) -> Iterator[bytes]:
-    """Bytes ``start`` to ``start + length`` of the layer blob, produced again from the files.
+@dataclass(frozen=True)
+class _Checkpoint:
+    """Where a span starts: its offset in the tar stream and in the blob, and the CRC-32 of the tar before it."""
 
-    An uncompressed layer seeks straight to the range; a compressed one has to be compressed again from the start,
-    since deflate and zstd streams cannot be entered in the middle (a resumed compressed upload costs CPU, not disk).
+    tar: int
+    blob: int
+    crc: int
+
+
+_START = _Checkpoint(0, 0, 0)
+
+
+def _pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes cut into ``size``-byte pieces (the last may be shorter), however they arrive.
+
+    Compressors are fed the same pieces whether a span is reached from the start of the layer or resumed at, so
+    their output cannot depend on how the files happened to be read.
     """
-    if compression == "none":
-        yield from tar_range(members, start, length)
-        return
-    compressor = COMPRESSIONS[compression][1]()
-    position, end = 0, start + length
-    for data in _compressed(members, compressor):
-        lo, hi = max(start, position), min(end, position + len(data))
-        if lo < hi:
-            yield data[lo - position : hi - position]
-        position += len(data)
-        if position >= end:
-            return
+    buffer = bytearray()
+    for chunk in chunks:
+        if not buffer and len(chunk) == size:
+            yield chunk
+            continue
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
 
 
-def _compressed(members: Sequence[Member], compressor: Compressor) -> Iterator[bytes]:
-    for chunk in tar_chunks(members):
-        yield compressor.compress(chunk)
+def _compressed(
+    tar: Iterable[bytes], codec: _Codec, at: _Checkpoint, seen: Callable[[_Checkpoint], None]
+) -> Iterator[bytes]:
+    """The blob from checkpoint ``at`` on, given the tar stream from ``at.tar`` on; ``seen`` learns each span start."""
+    span = SPAN
+    tar_offset, blob_offset, crc = at.tar, at.blob, at.crc
+    if tar_offset == 0 and codec.prefix:
+        yield codec.prefix
+        blob_offset += len(codec.prefix)
+    compressor: SpanCompressor | None = None
+    for piece in _pieces(tar, min(CHUNK, span)):
+        if tar_offset % span == 0:  # pieces never straddle a span boundary
+            if compressor is not None:
+                out = compressor.flush()
+                blob_offset += len(out)
+                yield out
+            seen(_Checkpoint(tar_offset, blob_offset, crc))
+            compressor = codec.span()
+        if codec.checksum is not None:
+            crc = codec.checksum(piece, crc)
+        tar_offset += len(piece)
+        out = compressor.compress(piece)  # type: ignore[union-attr]
+        blob_offset += len(out)
+        yield out
+    if compressor is None:  # an empty stream is one empty span, a valid stream to every reader
+        compressor = codec.span()
     yield compressor.flush()
+    yield codec.suffix(crc, tar_offset)
+
+
+class EncodedLayer:
+    """Any range of a layer blob, produced from its files: the ``read`` of a build's ``Upload``.
+
+    Ranges asked for in order (an upload's chunks) continue one compression stream, so a layer sent in many chunks
+    is compressed once. A range that starts before what was produced (a resume after a failure) is compressed again
+    from the nearest span start before it; one that starts further on skips ahead. An uncompressed layer just seeks.
+    """
+
+    def __init__(self, members: Sequence[Member], compression: str) -> None:
+        self._members = members
+        self._codec = _CODECS.get(compression)
+        self._checkpoints = [_START]
+        self._stream: Iterator[bytes] | None = None
+        self._offset = 0  # blob offset of the first byte of _pending
+        self._pending = b""
+        self._reader = 0  # the read() now allowed to consume the stream; an older one must not resume
+
+    def read(self, start: int, length: int) -> Iterator[bytes]:
+        if self._codec is None:
+            return tar_range(self._members, start, length)
+        return self._compressed_range(start, length)
+
+    def _seen(self, checkpoint: _Checkpoint) -> None:
+        if checkpoint.tar > self._checkpoints[-1].tar:
+            self._checkpoints.append(checkpoint)
+
+    def _restart(self, start: int) -> None:
+        assert self._codec is not None
+        at = max((c for c in self._checkpoints if c.blob <= start), key=lambda c: c.blob)
+        if self._stream is not None:
+            self._stream.close()  # type: ignore[attr-defined]
+        self._stream = _compressed(tar_range(self._members, at.tar, None), self._codec, at, self._seen)
+        self._offset, self._pending = at.blob, b""
+
+    def _compressed_range(self, start: int, length: int) -> Iterator[bytes]:
+        self._reader += 1
+        me = self._reader
+        if self._stream is None or start < self._offset:
+            self._restart(start)
+        end = start + length
+        while self._offset < end:
+            if self._reader != me:
+                raise RuntimeError("a layer range was read after a newer one began")
+            if not self._pending:
+                assert self._stream is not None
+                piece = next(self._stream, None)
+                if piece is None:
+                    return  # the blob ended early: the caller, who knows the size it announced, says so
+                self._pending = piece
+                continue
+            lo = self._offset
+            cut = min(len(self._pending), end - lo)
+            data, self._pending = self._pending[:cut], self._pending[cut:]
+            self._offset = lo + cut
+            if lo + cut > start:
+                yield data[max(0, start - lo) :]
 
 
 class Discard:
@@ -271,25 +410,23 @@ def encode_layer(
 
     ``progress`` is told how many uncompressed bytes went through, so bars track source bytes read.
     """
-    media_type, make = COMPRESSIONS[compression]
-    compressor = make()
     tar_hash = hashlib.sha256()
-    blob_hash = tar_hash if compression == "none" else hashlib.sha256()
-    size = 0
 
-    def emit(data: bytes) -> None:
-        nonlocal size
+    def tar() -> Iterator[bytes]:
+        for chunk in chunks:
+            tar_hash.update(chunk)
+            yield chunk
+            if progress:
+                progress(len(chunk))
+
+    codec = _CODECS.get(compression)
+    blob_hash = tar_hash if codec is None else hashlib.sha256()
+    size = 0
+    for data in tar() if codec is None else _compressed(tar(), codec, _START, lambda checkpoint: None):
         if data:
             if blob_hash is not tar_hash:
                 blob_hash.update(data)
             sink.write(data)
             size += len(data)
-
-    for chunk in chunks:
-        tar_hash.update(chunk)
-        emit(compressor.compress(chunk))
-        if progress:
-            progress(len(chunk))
-    emit(compressor.flush())
-    return LayerDigests(media_type, "sha256:" + blob_hash.hexdigest(), size, "sha256:" + tar_hash.hexdigest())
-
+    return LayerDigests(MEDIA_TYPES[compression], "sha256:" + blob_hash.hexdigest(), size,
+                        "sha256:" + tar_hash.hexdigest())

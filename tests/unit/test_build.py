@@ -256,17 +256,18 @@ class ReadLog:
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> ReadLog:
     log = ReadLog()
-    real_range, real_open = ocimodel.build.encoded_range, open
+    real_open = open
 
-    def encoded_range(members: Any, compression: str, start: int, length: int) -> Iterator[bytes]:
-        log.ranges.append((start, length))
-        return real_range(members, compression, start, length)
+    class EncodedLayer(ocimodel.build.EncodedLayer):
+        def read(self, start: int, length: int) -> Iterator[bytes]:
+            log.ranges.append((start, length))
+            return super().read(start, length)
 
     def opened(path: Any, *args: Any, **kwargs: Any) -> Any:
         log.opened.append(Path(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(ocimodel.build, "encoded_range", encoded_range)
+    monkeypatch.setattr(ocimodel.build, "EncodedLayer", EncodedLayer)
     # tarlayer reads every file through ``open``; a module global shadows the builtin for that module alone.
     monkeypatch.setattr(ocimodel.layout.tarlayer, "open", opened, raising=False)
     return log
@@ -291,7 +292,7 @@ def forbid_reading(monkeypatch: pytest.MonkeyPatch, allowed: Sequence[Path] = ()
         return real_open(path, *args, **kwargs)
 
     if not allowed:
-        for name in ("encoded_range", "tar_chunks", "encode_layer"):
+        for name in ("EncodedLayer", "tar_chunks", "encode_layer"):
             monkeypatch.setattr(ocimodel.build, name, refuse(name))
     monkeypatch.setattr(ocimodel.layout.tarlayer, "open", guarded_open, raising=False)
     return attempts
