@@ -14,7 +14,6 @@ import io
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from ocimodel.source.local import LocalSource
 from tests.registry_stub import Fault, RegistryStub
 from tests.unit.test_build import (
     CHUNK,
-    REPO,
     Builder,
     assert_holds,
     blob_requests,
