@@ -265,10 +265,10 @@ def test_the_buildspec_commands_push_the_model_to_the_registry(
         archive.extractall(source)
     assert [f.name for f in source.iterdir()] == [wheel.name]
 
-    # The build image's python3, without ocimodel: a venv that sees the machine's packages (so pip needs no index)
+    # The build image's python3, without ocimodel: a venv that sees the tests' dependencies (so pip needs no index)
     # but gets ocimodel only from the wheel the buildspec installs.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    fresh_venv(venv)
     secret_name = spec["env"]["secrets-manager"]["HF_TOKEN"]
     assert secret_name == "ocimodel/hf-token"
     env = (
