@@ -36,6 +36,7 @@ from ocimodel.aws.plan import Account, Names, Plan, model_build
 from ocimodel.aws.wheel import bundle, installed_wheel
 from tests.harness.registry import Registry
 from tests.hub_server import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
+from tests.unit.aws_seed import seed_managed_policy
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -68,6 +69,7 @@ def moto_server() -> Iterator[str]:
     access_log.setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    seed_managed_policy(ACCOUNT)  # bootstrap attaches AmazonSSMManagedInstanceCore to aws snapshot's role
     host, port = server.get_host_and_port()
     try:
         yield f"http://{host}:{port}"
@@ -204,11 +206,11 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
     )
 
     dry = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel), "--dry-run"))
-    assert last_line(dry) == "dry run: 9 would create, 1 would upload (nothing was changed)"
+    assert last_line(dry) == "dry run: 10 would create, 1 would upload (nothing was changed)"
     assert s3.list_buckets()["Buckets"] == [] and ecr.describe_repositories()["repositories"] == []
 
     first = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
-    assert last_line(first) == "bootstrap: 9 created, 1 uploaded"
+    assert last_line(first) == "bootstrap: 10 created, 1 uploaded"
     assert "ocimodel/hf-token" in first and "missing" in first
     again = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
     assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
@@ -371,9 +373,9 @@ def test_bootstrap_works_from_a_regular_install_and_uploads_its_wheel_once(
 
     s3 = client(env, "s3")
     dry = run("--dry-run")
-    assert last_line(dry) == "dry run: 9 would create, 1 would upload (nothing was changed)"
+    assert last_line(dry) == "dry run: 10 would create, 1 would upload (nothing was changed)"
     assert s3.list_buckets()["Buckets"] == []
-    assert last_line(run()) == "bootstrap: 9 created, 1 uploaded"
+    assert last_line(run()) == "bootstrap: 10 created, 1 uploaded"
     again = run()
     assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
     assert "uploaded" not in again
