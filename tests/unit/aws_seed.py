@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 from moto.iam.aws_managed_policies import aws_managed_policies_data
@@ -18,3 +19,22 @@ def seed_managed_policy(account: str, name: str = SSM_CORE) -> None:
     backend = iam_backends[account]["aws"]
     policy = AWSManagedPolicy.from_data(name, account, "us-east-1", data)
     backend.managed_policies[policy.arn] = policy
+
+
+def seed_public_parameter(account: str, region: str, name: str, value: str) -> None:
+    """An AWS public parameter (``/aws/service/…``): moto, like AWS, refuses ``put_parameter`` under ``/aws``."""
+    from moto.ssm.models import Parameter, ssm_backends
+
+    parameter = Parameter(
+        account_id=account,
+        name=name,
+        value=value,
+        parameter_type="String",
+        description=None,
+        allowed_pattern=None,
+        keyid=None,
+        last_modified_date=datetime.now(timezone.utc),
+        version=1,
+        data_type="aws:ec2:image",
+    )
+    ssm_backends[account][region]._parameters[name].append(parameter)
