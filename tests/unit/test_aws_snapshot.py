@@ -9,6 +9,7 @@ is checked against botocore's service models. Time is a fake clock: nothing slee
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -276,7 +277,7 @@ def test_the_bottlerocket_pull_runs_ctr_on_the_host_with_the_cri_label_and_no_pa
         pulled, "amd64", ctr_command="ctr -a /run/containerd/containerd.sock -n k8s.io",
         provider="/usr/libexec/kubernetes/kubelet/plugins/ecr-credential-provider",
     )
-    assert command == "apiclient exec admin sheltie bash -c " + __import__("shlex").quote(script)
+    assert command == "apiclient exec admin sheltie bash -c " + shlex.quote(script)
     assert script.splitlines()[-3:] == [
         "ctr -a /run/containerd/containerd.sock -n k8s.io images pull --label io.cri-containerd.image=managed "
         f'--platform linux/amd64 --user "$user:$pass" {pulled.ref} >/dev/null',
