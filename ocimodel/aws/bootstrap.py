@@ -441,7 +441,8 @@ def _instance_profile_step(iam: Any, plan: Plan) -> Step:
     if profile is None:
         fixes.append(("profile", lambda: iam.create_instance_profile(**requests["CreateInstanceProfile"])))
     if profile is None or name not in [r["RoleName"] for r in profile.get("Roles") or []]:
-        fixes.append(("role in profile", lambda: iam.add_role_to_instance_profile(**requests["AddRoleToInstanceProfile"])))
+        add = requests["AddRoleToInstanceProfile"]
+        fixes.append(("role in profile", lambda: iam.add_role_to_instance_profile(**add)))
     if not fixes:
         return Step("iam instance profile", name, "none", detail)
 

@@ -228,22 +228,32 @@ def teardown(
 
 @aws_app.command()
 def snapshot(
-    models: Annotated[Optional[list[str]], typer.Argument(help="Models to cache (id, name or repository); all by default.")] = None,
+    models: Annotated[
+        Optional[list[str]], typer.Argument(help="Models to cache (id, name or repository); all by default.")
+    ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     tag: Annotated[Optional[str], typer.Option(help="The images' tag, instead of each model's in the config.")] = None,
-    ami_family: Annotated[str, typer.Option(help="bottlerocket or al2023-nvidia: the nodes' AMI family.")] = "bottlerocket",
+    ami_family: Annotated[
+        str, typer.Option(help="bottlerocket or al2023-nvidia: the nodes' AMI family.")
+    ] = "bottlerocket",
     kubernetes_version: Annotated[str, typer.Option(help="Picks the AMI from its SSM public parameter.")] = "1.32",
     ami: Annotated[Optional[str], typer.Option(help="An AMI id instead of the SSM public parameter's.")] = None,
     arch: Annotated[str, typer.Option(help="amd64 or arm64: the nodes' architecture.")] = "amd64",
-    instance_type: Annotated[Optional[str], typer.Option(help="The temporary instance (default m6i.large / m7g.large).")] = None,
+    instance_type: Annotated[
+        Optional[str], typer.Option(help="The temporary instance (default m6i.large / m7g.large).")
+    ] = None,
     subnet: Annotated[Optional[str], typer.Option(help="Its subnet (default: a default-VPC subnet).")] = None,
     encrypt: Annotated[bool, typer.Option("--encrypt", help="Encrypt the volume, hence the snapshot.")] = False,
     kms_key: Annotated[Optional[str], typer.Option(help="With this KMS key (implies --encrypt).")] = None,
     volume_size: Annotated[Optional[int], typer.Option(min=1, help="GiB (default: from the images' sizes).")] = None,
-    extra_image: Annotated[Optional[list[str]], typer.Option(help="Another image to cache (e.g. the serving runtime).")] = None,
+    extra_image: Annotated[
+        Optional[list[str]], typer.Option(help="Another image to cache (e.g. the serving runtime).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Build even if a snapshot of these images exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print id, size, digests, region as JSON.")] = False,
-    nodeclass: Annotated[bool, typer.Option("--nodeclass", help="Print a Karpenter EC2NodeClass blockDeviceMappings block.")] = False,
+    nodeclass: Annotated[
+        bool, typer.Option("--nodeclass", help="Print a Karpenter EC2NodeClass blockDeviceMappings block.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
 ) -> None:
     """Bake the models' images into an EBS snapshot of a node's data volume; prints the snapshot id last."""

@@ -22,7 +22,7 @@ from ocimodel.aws.plan import MANAGED_TAG, Names
 from ocimodel.aws.session import Clients, Clock, aws_call, error_code, retry_while
 from ocimodel.aws.snapshot_plan import Image, Layer
 from ocimodel.errors import OcimodelError
-from ocimodel.registry.reference import parse_ecr, parse_reference
+from ocimodel.registry.reference import Reference, parse_ecr, parse_reference
 
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 _MANIFEST_TYPES = [
@@ -137,10 +137,12 @@ def resolve_images(
 
 
 def _ecr_image(ecr: Any, repository: str, tag: str, arch: str) -> tuple[str, tuple[Layer, ...]] | None:
+    """The digest ``tag`` (or a digest) names in ``repository``, and the layers of its ``linux/<arch>`` image."""
+    image_id = {"imageDigest": tag} if tag.startswith("sha256:") else {"imageTag": tag}
     with aws_call(f"read ECR repository {repository}"):
         try:
             found = ecr.batch_get_image(
-                repositoryName=repository, imageIds=[{"imageTag": tag}], acceptedMediaTypes=_MANIFEST_TYPES
+                repositoryName=repository, imageIds=[image_id], acceptedMediaTypes=_MANIFEST_TYPES
             )["images"]
         except ClientError as exc:
             if error_code(exc) == "RepositoryNotFoundException":
@@ -183,40 +185,21 @@ def _extra_image(clients: Clients, names: Names, repositories: set[str], text: s
     pull); elsewhere, a public image the instance pulls without credentials."""
     ref = parse_reference(text)
     ecr = parse_ecr(ref.registry)
-    if ecr is not None:
-        if (ecr.account, ecr.region) != (names.account.id, names.account.region) or ref.repository not in repositories:
-            raise OcimodelError(
-                f"--extra-image {text}: the snapshot instance may pull only this config's ECR repositories in "
-                f"{names.account.region}; copy the image into one, or use a public image"
-            )
-        found = _ecr_image(clients.ecr, ref.repository, ref.tag or "latest", arch) if not ref.digest else None
-        digest = ref.digest or (found[0] if found else None)
-        if digest is None:
-            raise OcimodelError(f"--extra-image {text}: no such image in ECR")
-        layers = found[1] if found else _ecr_layers_by_digest(clients.ecr, ref.repository, digest, arch)
-        return Image(None, f"{ref.registry}/{ref.repository}", digest, True, layers)
-    return _public_image(ref, arch)
+    if ecr is None:
+        return _public_image(ref, arch)
+    if (ecr.account, ecr.region) != (names.account.id, names.account.region) or ref.repository not in repositories:
+        raise OcimodelError(
+            f"--extra-image {text}: the snapshot instance may pull only this config's ECR repositories in "
+            f"{names.account.region}; copy the image into one, or use a public image"
+        )
+    found = _ecr_image(clients.ecr, ref.repository, ref.identifier, arch)
+    if found is None:
+        raise OcimodelError(f"--extra-image {text}: no such image in ECR")
+    return Image(None, f"{ref.registry}/{ref.repository}", found[0], True, found[1])
 
 
-def _ecr_layers_by_digest(ecr: Any, repository: str, digest: str, arch: str) -> tuple[Layer, ...]:
-    with aws_call(f"read ECR repository {repository}"):
-        images = ecr.batch_get_image(
-            repositoryName=repository, imageIds=[{"imageDigest": digest}], acceptedMediaTypes=_MANIFEST_TYPES
-        )["images"]
-        if not images:
-            raise OcimodelError(f"--extra-image {repository}@{digest}: no such image in ECR")
-
-        def by_digest(wanted: str) -> dict[str, Any]:
-            return json.loads(  # type: ignore[no-any-return]
-                ecr.batch_get_image(
-                    repositoryName=repository, imageIds=[{"imageDigest": wanted}], acceptedMediaTypes=_MANIFEST_TYPES
-                )["images"][0]["imageManifest"]
-            )
-
-        return _layers(json.loads(images[0]["imageManifest"]), arch, by_digest, f"{repository}@{digest}")
-
-
-def _public_image(ref: Any, arch: str) -> Image:
+def _public_image(ref: Reference, arch: str) -> Image:
+    from ocimodel.layout.descriptor import sha256_digest
     from ocimodel.registry.client import RegistryClient
     from ocimodel.registry.reference import is_loopback
 
@@ -225,8 +208,6 @@ def _public_image(ref: Any, arch: str) -> Image:
 
         def by_digest(wanted: str) -> dict[str, Any]:
             return json.loads(client.get_manifest(ref.repository, wanted)[0])  # type: ignore[no-any-return]
-
-        from ocimodel.layout.descriptor import sha256_digest
 
         digest = ref.digest or sha256_digest(data)
         layers = _layers(json.loads(data), arch, by_digest, str(ref))
@@ -603,7 +584,8 @@ def _profile_not_ready(exc: Exception) -> bool:
 
 @dataclass
 class SsmRunner:
-    """Commands through SSM Run Command (``AWS-RunShellScript``), followed by polling: boto3's waiter sleeps for real."""
+    """Commands through SSM Run Command (``AWS-RunShellScript``), followed by polling on the injected clock (boto3's
+    waiter would sleep for real)."""
 
     ssm: Any
     clock: Clock

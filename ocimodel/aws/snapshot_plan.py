@@ -221,7 +221,11 @@ def pull_script(
     user = ""
     if image.ecr:
         request = json.dumps(
-            {"apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest", "image": image.ref},
+            {
+                "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+                "kind": "CredentialProviderRequest",
+                "image": image.ref,
+            },
             separators=(",", ":"),
         )
         lines += [

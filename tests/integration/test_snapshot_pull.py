@@ -39,7 +39,8 @@ def pushed(auth_registry: Registry, busybox_multi_layout: Path) -> sp.Image:
     """A two-platform image in the password-protected registry, as the snapshot plan names it."""
     assert auth_registry.creds is not None
     push_layout_with_skopeo(busybox_multi_layout, auth_registry.host, REPOSITORY, "latest", creds=auth_registry.creds)
-    return sp.Image("acme/tiny", f"{auth_registry.host}/{REPOSITORY}", layout_top_digest(busybox_multi_layout), True, ())
+    digest = layout_top_digest(busybox_multi_layout)
+    return sp.Image("acme/tiny", f"{auth_registry.host}/{REPOSITORY}", digest, True, ())
 
 
 def provider(tmp_path: Path, username: str, password: str) -> tuple[Path, Path]:

@@ -25,6 +25,7 @@ from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Names
 from ocimodel.aws.session import Clients, whoami
 from ocimodel.errors import OcimodelError
+from tests.registry_stub import RegistryStub
 from tests.unit.aws_seed import seed_public_parameter
 from tests.unit.test_aws_bootstrap import (  # noqa: F401 (the fixtures are shared by import)
     ACCOUNT,
@@ -84,7 +85,9 @@ def manifest(layers: list[tuple[str, int]]) -> str:
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "c" * 64, "size": 2},
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "c" * 64, "size": 2
+            },
             "layers": [
                 {"mediaType": t, "digest": f"sha256:{i:064x}", "size": size} for i, (t, size) in enumerate(layers, 1)
             ],
@@ -92,7 +95,9 @@ def manifest(layers: list[tuple[str, int]]) -> str:
     )
 
 
-def push(aws: Clients, repository: str, layers: list[tuple[str, int]], arm_layers: list[tuple[str, int]] | None = None) -> str:
+def push(
+    aws: Clients, repository: str, layers: list[tuple[str, int]], arm_layers: list[tuple[str, int]] | None = None
+) -> str:
     """An image at ``latest`` in moto's ECR: one manifest, or an index over amd64 and arm64. Its digest."""
     body = manifest(layers)
     if arm_layers is None:
@@ -103,7 +108,12 @@ def push(aws: Clients, repository: str, layers: list[tuple[str, int]], arm_layer
         child = aws.ecr.put_image(repositoryName=repository, imageManifest=text, imageManifestMediaType=OCI_MANIFEST)
         digest = child["image"]["imageId"]["imageDigest"]
         entries.append(
-            {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(text), "platform": {"os": "linux", "architecture": arch}}
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(text),
+                "platform": {"os": "linux", "architecture": arch},
+            }
         )
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
     put = aws.ecr.put_image(
@@ -514,7 +524,8 @@ def test_a_profile_iam_has_not_propagated_to_ec2_yet_is_waited_for(account: Acco
         if clock.now() < 12:
             raise client_error(
                 "InvalidParameterValue",
-                f"Value ({PROFILE}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+                f"Value ({PROFILE}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile "
+                "name",
                 "RunInstances",
             )
         return aws.ec2.run_instances(**request)
@@ -609,3 +620,31 @@ def test_teardown_deletes_the_snapshots_only_when_asked_and_the_profile(
     assert deleted.exit_code == 0, deleted.output
     assert theirs["SnapshotId"] in snapshot_ids(aws) and snapshot_id not in snapshot_ids(aws)
     assert checked.problems == []
+
+
+def test_extra_images_are_pinned_and_only_the_configs_ecr_repositories_allowed(
+    account: Account, stub: RegistryStub
+) -> None:
+    aws = account.aws
+    config = parse_config(CONFIG, "models.toml")
+    names = Names(config.aws, whoami(aws))
+    fixed = [config.find("acme/fixed")]
+    layer = b"runtime layer"
+    amd = stub.add_image("kserve/runtime", [layer], {"architecture": "amd64"}, layer_media_type=TAR)
+    arm = stub.add_image("kserve/runtime", [layer * 2], {"architecture": "arm64"}, layer_media_type=TAR)
+    platforms = [{**amd, "platform": {"os": "linux", "architecture": "amd64"}},
+                 {**arm, "platform": {"os": "linux", "architecture": "arm64"}}]
+    index = stub.add_index("kserve/runtime", platforms, tag="v1")["digest"]
+    extra = (f"{REGISTRY}/kserve-models/acme-tiny:latest", f"{stub.host}/kserve/runtime:v1")
+    images = snap.resolve_images(aws, names, config, fixed, snap.Options(arch="arm64", extra_images=extra))
+    assert [(i.model, i.ref, i.ecr) for i in images] == [
+        ("acme/fixed", f"{REGISTRY}/kserve-models/acme-fixed@{account.fixed}", True),
+        (None, f"{REGISTRY}/kserve-models/acme-tiny@{account.tiny}", True),
+        (None, f"{stub.host}/kserve/runtime@{index}", False),
+    ]
+    assert images[1].content_bytes == 2 * GB  # the arm64 manifest of the index
+    assert images[2].content_bytes == len(layer) * 2
+    elsewhere = f"999999999999.dkr.ecr.{REGION}.amazonaws.com/kserve-models/acme-tiny:latest"
+    for outside in (f"{REGISTRY}/mirror/vllm:latest", elsewhere):
+        with pytest.raises(OcimodelError, match="may pull only this config's ECR repositories"):
+            snap.resolve_images(aws, names, config, fixed, snap.Options(extra_images=(outside,)))
