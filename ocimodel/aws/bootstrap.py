@@ -402,7 +402,7 @@ def _instance_profile_step(iam: Any, plan: Plan) -> Step:
                 raise
             role = None
         if role is not None and not managed(role.get("Tags")):
-            return Step("iam instance profile", name, "keep", "its role was not created by ocimodel: left as it is")
+            return Step("instance profile", name, "keep", "its role was not created by ocimodel: left as it is")
         fixes: list[tuple[str, Callable[[], None]]] = []
         if role is None:
             fixes.append(("role", lambda: iam.create_role(**requests["CreateRole"])))
@@ -444,15 +444,15 @@ def _instance_profile_step(iam: Any, plan: Plan) -> Step:
         add = requests["AddRoleToInstanceProfile"]
         fixes.append(("role in profile", lambda: iam.add_role_to_instance_profile(**add)))
     if not fixes:
-        return Step("iam instance profile", name, "none", detail)
+        return Step("instance profile", name, "none", detail)
 
     def apply_fixes() -> None:
         for _, fix in fixes:
             fix()
 
     if role is None:
-        return Step("iam instance profile", name, "create", detail, apply_fixes)
-    return Step("iam instance profile", name, "update", "set " + ", ".join(w for w, _ in fixes), apply_fixes)
+        return Step("instance profile", name, "create", detail, apply_fixes)
+    return Step("instance profile", name, "update", "set " + ", ".join(w for w, _ in fixes), apply_fixes)
 
 
 # --- CloudWatch Logs ------------------------------------------------------------------------------------------------

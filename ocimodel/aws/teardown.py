@@ -93,9 +93,9 @@ def _instance_profile_step(iam: Any, names: Names) -> Step:
                 raise
             profile = None
         if role is None and profile is None:
-            return Step("iam instance profile", name, "absent")
+            return Step("instance profile", name, "absent")
         if role is not None and not managed(role.get("Tags")):
-            return Step("iam instance profile", name, "keep", "its role was not created by ocimodel")
+            return Step("instance profile", name, "keep", "its role was not created by ocimodel")
         attached = [a["PolicyArn"] for a in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]]
         inline = iam.list_role_policies(RoleName=name)["PolicyNames"] if role is not None else []
 
@@ -111,7 +111,7 @@ def _instance_profile_step(iam: Any, names: Names) -> Step:
                 iam.delete_role_policy(RoleName=name, PolicyName=policy)
             iam.delete_role(RoleName=name)
 
-    return Step("iam instance profile", name, "delete", "with its role and policies (aws snapshot's)", delete)
+    return Step("instance profile", name, "delete", "with its role and policies (aws snapshot's)", delete)
 
 
 def _snapshot_steps(ec2: Any, names: Names, delete_snapshots: bool) -> list[Step]:

@@ -198,7 +198,7 @@ def test_bootstrap_creates_every_resource_with_its_settings(aws: Clients, wheel:
         ("ecr repository", "create"),
         ("iam role", "create"),
         ("iam policy", "create"),
-        ("iam instance profile", "create"),
+        ("instance profile", "create"),
         ("log group", "create"),
         ("log group", "create"),
         ("codebuild project", "create"),
@@ -349,7 +349,7 @@ def test_changed_settings_are_updated_in_place_and_then_settle(aws: Clients, whe
         ("ecr repository", "kserve-models/tiny-v1"): "create",
         ("iam role", ROLE): "none",  # the trust names the prefix's projects: a new one is in it already
         ("iam policy", f"{ROLE}/ocimodel-build"): "update",  # its repository is allowed
-        ("iam instance profile", f"ocimodel-snapshot-{REGION}"): "update",  # and pulled by aws snapshot
+        ("instance profile", f"ocimodel-snapshot-{REGION}"): "update",  # and pulled by aws snapshot
         ("log group", "/aws/codebuild/ocimodel-acme-tiny"): "update",
         ("log group", "/aws/codebuild/ocimodel-acme-fixed"): "update",
         ("log group", "/aws/codebuild/ocimodel-tiny-v1"): "create",
