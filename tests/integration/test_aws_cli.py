@@ -69,7 +69,6 @@ def moto_server() -> Iterator[str]:
     access_log.setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    seed_managed_policy(ACCOUNT)  # bootstrap attaches AmazonSSMManagedInstanceCore to aws snapshot's role
     host, port = server.get_host_and_port()
     try:
         yield f"http://{host}:{port}"
@@ -145,6 +144,7 @@ def clean_environ() -> dict[str, str]:
 @pytest.fixture
 def env(tmp_path: Path, moto_server: str, hub: HubServer) -> dict[str, str]:
     requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    seed_managed_policy(ACCOUNT)  # bootstrap attaches AmazonSSMManagedInstanceCore to aws snapshot's role
     return clean_environ() | {
         "AWS_ENDPOINT_URL": moto_server,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -246,7 +246,7 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
     refused = ocimodel(env, "aws", "teardown", *common)
     assert refused.returncode == 1 and "--yes" in refused.stderr
     gone = ok(ocimodel(env, "aws", "teardown", *common, "--yes", "--delete-images"))
-    assert last_line(gone) == "teardown: 9 deleted"
+    assert last_line(gone) == "teardown: 10 deleted"
     assert codebuild.list_projects()["projects"] == [] and s3.list_buckets()["Buckets"] == []
     assert ecr.describe_repositories()["repositories"] == []
     assert client(env, "iam").list_roles()["Roles"] == []
