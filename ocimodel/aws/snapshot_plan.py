@@ -44,7 +44,10 @@ GB = 1000**3
 #: The guide's sizes by total model size (uncompressed, GB): (below, GiB). Above the last, 500 GiB.
 SIZE_FLOOR = ((50, 100), (100, 150), (200, 250))
 SIZE_FLOOR_TOP = 500
-HEADROOM_RATIO = 1.10
+#: The kubelet garbage-collects unused images once its disk is 85 % full (imageGCHighThresholdPercent): the cached
+#: images fill at most 70 % of the volume, leaving the pods' own images, logs and emptyDirs room below that.
+MAX_FILL = 0.70
+#: The OS's own files on the data volume (Bottlerocket keeps its logs and host containers there).
 HEADROOM_BYTES = 5 * GIB
 #: A gzip or zstd layer's uncompressed size is not in any manifest; model weights compress little, so twice the
 #: compressed size is a safe bound (said so in the plan as "estimated").
@@ -143,10 +146,10 @@ def platform(arch: str) -> str:
 
 
 def volume_gib(images: tuple[Image, ...]) -> int:
-    """The data volume: what containerd stores (the layers as fetched plus unpacked) with 10 % and 5 GiB headroom,
-    and never below the guide's size for the models' total (its table counted the unpacked images only)."""
+    """The data volume: what containerd stores (the layers as fetched, and unpacked) filling at most ``MAX_FILL`` of
+    it, plus the OS's share, and never below the guide's size for the models' total."""
     stored = sum(i.content_bytes + i.unpacked_bytes for i in images)
-    needed = math.ceil((stored * HEADROOM_RATIO + HEADROOM_BYTES) / GIB)
+    needed = math.ceil((stored / MAX_FILL + HEADROOM_BYTES) / GIB)
     total_gb = sum(i.unpacked_bytes for i in images) / GB
     floor = next((gib for below, gib in SIZE_FLOOR if total_gb < below), SIZE_FLOOR_TOP)
     size = max(needed, floor)
