@@ -429,15 +429,11 @@ class Builder:
             snapshot = self._build(plan, made)
         except BaseException as exc:
             self._clean(made)
-            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            if made.left:
-                report = f"left behind: {'; '.join(made.left)}"
-            else:
-                report = "removed everything it had created"
-            if isinstance(exc, KeyboardInterrupt):
-                self.step(f"{what}; {report}")
-                raise
-            raise OcimodelError(f"{exc}; {report}") from None
+            report = f"left behind: {'; '.join(made.left)}" if made.left else "removed everything it had created"
+            if isinstance(exc, OcimodelError):
+                raise OcimodelError(f"{exc}; {report}") from None
+            self.step(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'}; {report}")
+            raise
         self._clean(made)
         if made.left:
             self.step(f"the snapshot is made, but cleaning up left behind: {'; '.join(made.left)}")
@@ -568,8 +564,10 @@ class Builder:
         try:
             with aws_call(f"delete {what}"):
                 call()
-        except (OcimodelError, KeyboardInterrupt) as exc:
-            made.left.append(f"{what} ({exc})")
+        except OcimodelError as exc:
+            made.left.append(f"{what} ({str(exc).removeprefix(f'cannot delete {what}: ')})")
+        except KeyboardInterrupt:
+            made.left.append(f"{what} (interrupted while deleting it)")
 
 
 def _profile_not_ready(exc: Exception) -> bool:

@@ -568,7 +568,8 @@ def test_the_dry_run_shows_the_plan_and_changes_nothing(
     assert f"AMI:            {account.amd64_ami} al2023-nvidia x86_64 (/aws/service/eks/optimized-ami/1.32/" in out
     assert "instance:       m6i.large in subnet-" in out
     assert "data volume:    /dev/xvdb 173 GiB gp3" in out
-    assert "80.0 GB (estimated)" in out or "(estimated)" in out
+    (fixed_row,) = [line for line in out.splitlines() if line.startswith("acme/fixed ")]
+    assert fixed_row.endswith("(estimated)")
     assert "mkfs.xfs -f -L ocimodel-data /dev/xvdb" in out
     assert out.strip().endswith("dry run: nothing was changed")
     operations = {name for name, _ in checked.requests}
@@ -650,3 +651,26 @@ def test_extra_images_are_pinned_and_only_the_configs_ecr_repositories_allowed(
     for outside in (f"{REGISTRY}/mirror/vllm:latest", elsewhere):
         with pytest.raises(OcimodelError, match="may pull only this config's ECR repositories"):
             snap.resolve_images(aws, names, config, fixed, snap.Options(extra_images=(outside,)))
+
+
+def test_what_could_not_be_deleted_is_named(account: Account, checked: Recorded) -> None:
+    aws = account.aws
+    agent = Agent(aws, checked)
+    config = parse_config(CONFIG, "models.toml")
+    plan = snap.make_plan(aws, Names(config.aws, whoami(aws)), config, config.models, snap.Options())
+    agent.outcomes[sp.instance_pull_command(plan.images[0], "bottlerocket", "amd64")] = "Failed"
+
+    def terminate_instances(**request: Any) -> Any:
+        raise client_error("UnauthorizedOperation", "You are not authorized to perform this operation.", "Terminate")
+
+    clients = replace(agent.clients(), ec2=Wrapped(aws.ec2, terminate_instances=terminate_instances))
+    clock = FakeClock()
+    with pytest.raises(OcimodelError) as caught:
+        snap.Builder(clients, snap.SsmRunner(clients.ssm, clock.clock), clock.clock, lambda _: None).build(plan)
+    (instance,) = left_over(aws)["instances"]
+    message = str(caught.value)
+    assert message.startswith(f"could not pull {plan.images[0].ref} on {instance}: SSM says Failed")
+    assert message.endswith(
+        f"; left behind: instance {instance} (and its volumes) (AWS said UnauthorizedOperation: You are not "
+        "authorized to perform this operation.)"
+    )
