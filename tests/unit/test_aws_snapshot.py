@@ -411,6 +411,8 @@ def test_a_snapshot_is_made_tagged_and_everything_temporary_is_gone(
     }
     assert "[    0.0s] security group in vpc-" in result.stderr
     assert f"pulling {tiny}" in result.stderr
+    # No ECR password was asked for here: the instance gets its own from its role.
+    assert "GetAuthorizationToken" not in checked.operations
     assert checked.problems == []
 
 
