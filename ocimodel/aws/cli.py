@@ -287,7 +287,7 @@ def snapshot(
     )
     clients, names = _names(settings)
     plan = run.make_plan(clients, names, settings, chosen, options)
-    existing = None if force else run.find_snapshot(clients.ec2, plan.key)
+    existing = None if options.force else run.find_snapshot(clients.ec2, plan.key)
     profile_ok = run.profile_exists(clients.iam, plan.profile)
     if dry_run:
         print(run.render_plan(plan, existing, profile_ok))

@@ -676,3 +676,33 @@ def test_what_could_not_be_deleted_is_named(account: Account, checked: Recorded)
         f"; left behind: instance {instance} (and its volumes) (AWS said UnauthorizedOperation: You are not "
         "authorized to perform this operation.)"
     )
+
+
+def test_a_kms_key_encrypts_the_volume_and_the_nodeclass_names_it() -> None:
+    key = "arn:aws:kms:us-east-1:123456789012:key/0f0f0f0f-1111-2222-3333-444444444444"
+    plan = snap.SnapshotPlan(
+        images=(image("a", [(TAR, 1)]),),
+        ami=snap.Ami("ami-12345678", None),
+        instance_type="m6i.large",
+        subnet=snap.Subnet("subnet-1", "vpc-1"),
+        volume_gib=100,
+        family="al2023-nvidia",
+        arch="amd64",
+        encrypt=True,
+        kms_key=key,
+        profile=PROFILE,
+        tags=sp.snapshot_tags((image("a", [(TAR, 1)]),), "al2023-nvidia", "amd64", "ocimodel"),
+    )
+    request = snap.run_instances_request(plan, "sg-1", "run")
+    assert request["BlockDeviceMappings"][0]["Ebs"] == {
+        "VolumeSize": 100, "VolumeType": "gp3", "Iops": 6000, "Throughput": 500, "DeleteOnTermination": True,
+        "Encrypted": True, "KmsKeyId": key,
+    }
+    assert "UserData" not in request  # only Bottlerocket needs its admin container enabled
+    block = yaml.safe_load(sp.nodeclass_block("al2023-nvidia", "snap-1", 100, True, key))
+    root, data = block["blockDeviceMappings"]
+    assert root["ebs"]["volumeSize"] == "20Gi" and root["ebs"]["kmsKeyID"] == key
+    assert data["ebs"] == {
+        "volumeSize": "100Gi", "volumeType": "gp3", "iops": 3000, "throughput": 125, "encrypted": True,
+        "kmsKeyID": key, "snapshotID": "snap-1", "deleteOnTermination": True,
+    }
