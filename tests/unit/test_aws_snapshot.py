@@ -706,3 +706,27 @@ def test_a_kms_key_encrypts_the_volume_and_the_nodeclass_names_it() -> None:
         "volumeSize": "100Gi", "volumeType": "gp3", "iops": 3000, "throughput": 125, "encrypted": True,
         "kmsKeyID": key, "snapshotID": "snap-1", "deleteOnTermination": True,
     }
+
+
+def test_an_al2023_snapshot_moves_containerds_root_onto_the_data_volume_first(
+    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aws = account.aws
+    result = cli(monkeypatch, Agent(aws, checked).clients(), config_file, "acme/tiny", "--ami-family", "al2023-nvidia")
+    assert result.exit_code == 0, result.output
+    (tiny, _) = account.refs()
+    prepare, pull, finish = sent_commands(aws)
+    assert prepare == sp.prepare_command("al2023-nvidia") and "mount /dev/xvdb /var/lib/containerd" in prepare
+    assert pull.splitlines()[-3] == (
+        "ctr -n k8s.io images pull --label io.cri-containerd.image=managed --platform linux/amd64 "
+        f'--user "$user:$pass" {tiny} >/dev/null'
+    )
+    assert "/etc/eks/image-credential-provider/ecr-credential-provider" in pull and "apiclient" not in pull
+    assert finish == "set -eu\nsystemctl stop containerd\nsync\numount /var/lib/containerd"
+    (launch,) = checked.sent("RunInstances")
+    assert "UserData" not in launch
+    tags = {t["Key"]: t["Value"] for t in aws.ec2.describe_snapshots(SnapshotIds=[result.stdout.split()[-1]])[
+        "Snapshots"][0]["Tags"]}
+    assert tags["ocimodel:ami-family"] == "al2023-nvidia" and tags["ocimodel:models"] == "acme/tiny"
+    assert left_over(aws) == {**NOTHING, "snapshots": [result.stdout.split()[-1]]}
+    assert checked.problems == []
