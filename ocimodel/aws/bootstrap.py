@@ -96,6 +96,10 @@ def documents(plan: Plan) -> list[tuple[str, str]]:
     shown = [
         (f"IAM role {names.role}: trust policy", _json(p.trust_policy(names))),
         (f"IAM role {names.role}: inline policy {p.ROLE_POLICY_NAME}", _json(p.role_policy(names, models))),
+        (
+            f"IAM role {names.snapshot_role}: inline policy {sp.SNAPSHOT_POLICY_NAME} (aws snapshot's instance)",
+            _json(sp.instance_pull_policy(names, snapshot_repositories(plan))),
+        ),
         ("ECR lifecycle policy (every repository)", _json(p.lifecycle_policy(plan.settings))),
     ]
     shown += [(f"CodeBuild project {names.project(b.model)}: buildspec", p.buildspec(plan, b)) for b in plan.builds]

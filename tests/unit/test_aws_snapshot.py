@@ -730,3 +730,18 @@ def test_an_al2023_snapshot_moves_containerds_root_onto_the_data_volume_first(
     assert tags["ocimodel:ami-family"] == "al2023-nvidia" and tags["ocimodel:models"] == "acme/tiny"
     assert left_over(aws) == {**NOTHING, "snapshots": [result.stdout.split()[-1]]}
     assert checked.problems == []
+
+
+def test_bootstraps_dry_run_shows_the_instance_profiles_policy(aws: Clients, wheel: Path, config_file: Path) -> None:
+    result = invoke("aws", "bootstrap", "--config", str(config_file), "--wheel", str(wheel), "--dry-run")
+    assert result.exit_code == 0, result.output
+    (row,) = [line.split() for line in result.stdout.splitlines() if line.startswith("instance profile ")]
+    assert row[2:5] == [PROFILE, "would", "create"]
+    marker = f"# IAM role {PROFILE}: inline policy ocimodel-snapshot-pull (aws snapshot's instance)\n"
+    shown = result.stdout[result.stdout.index(marker) + len(marker) :]
+    document, _ = json.JSONDecoder().raw_decode(shown)
+    assert document["Statement"][1]["Resource"] == [
+        f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/kserve-models/acme-fixed",
+        f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/kserve-models/acme-tiny",
+    ]
+    assert aws.iam.list_instance_profiles()["InstanceProfiles"] == []
