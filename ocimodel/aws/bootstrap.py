@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
 from ocimodel.aws import shapes
+from ocimodel.aws import snapshot_plan as sp
 from ocimodel.aws.plan import ModelBuild, Plan
 from ocimodel.aws.session import Clients, Clock, aws_call, error_code, retry_while
 from ocimodel.aws.steps import Step
@@ -43,6 +44,7 @@ def steps(clients: Clients, plan: Plan, clock: Clock = Clock()) -> list[Step]:
         *[_repository_step(clients.ecr, plan, build, kms_key) for build in plan.builds],
         role,
         _role_policy_step(clients.iam, plan, managed),
+        _instance_profile_step(clients.iam, plan),
         *[_log_group_step(clients.logs, plan, build) for build in plan.builds],
         *_project_steps(clients.codebuild, plan, clock),
         *([_secret_step(clients.secrets, plan)] if plan.settings.hf_token else []),
@@ -68,6 +70,8 @@ def check(plan: Plan, clients: Clients) -> None:
             },
         ),
     ]
+    profile = sp.instance_profile_requests(names, snapshot_repositories(plan))
+    requests += [(clients.iam, operation, request) for operation, request in profile.items()]
     for build in plan.builds:
         project = p.project_request(plan, build)
         requests += [
@@ -92,6 +96,10 @@ def documents(plan: Plan) -> list[tuple[str, str]]:
     shown = [
         (f"IAM role {names.role}: trust policy", _json(p.trust_policy(names))),
         (f"IAM role {names.role}: inline policy {p.ROLE_POLICY_NAME}", _json(p.role_policy(names, models))),
+        (
+            f"IAM role {names.snapshot_role}: inline policy {sp.SNAPSHOT_POLICY_NAME} (aws snapshot's instance)",
+            _json(sp.instance_pull_policy(names, snapshot_repositories(plan))),
+        ),
         ("ECR lifecycle policy (every repository)", _json(p.lifecycle_policy(plan.settings))),
     ]
     shown += [(f"CodeBuild project {names.project(b.model)}: buildspec", p.buildspec(plan, b)) for b in plan.builds]
@@ -371,6 +379,84 @@ def _role_policy_step(iam: Any, plan: Plan, writable: bool) -> Step:
             RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME, PolicyDocument=p.policy_text(document)
         ),
     )
+
+
+def snapshot_repositories(plan: Plan) -> list[str]:
+    """The repositories ``aws snapshot``'s instance may pull: the config's, by namespace when listing them all would
+    not fit IAM's policy limit (as for the build role)."""
+    names, models = plan.names, tuple(b.model for b in plan.builds)
+    listed = sorted({names.repository_arn(m) for m in models})
+    if p.policy_size(sp.instance_pull_policy(names, listed)) <= p.INLINE_POLICIES_MAX:
+        return listed
+    return p.repository_patterns(names, models)
+
+
+def _instance_profile_step(iam: Any, plan: Plan) -> Step:
+    """The instance profile of ``aws snapshot``'s temporary instance, with its role of the same name: SSM's managed
+    core policy and ECR pulls of the config's repositories, nothing else."""
+    names = plan.names
+    name = names.snapshot_role
+    requests = sp.instance_profile_requests(names, snapshot_repositories(plan))
+    detail = "for aws snapshot: SSM core, ECR pull of the config's repositories"
+    with aws_call(f"read IAM role {name}"):
+        try:
+            role = iam.get_role(RoleName=name)["Role"]
+        except ClientError as exc:
+            if not _missing(exc, "NoSuchEntity"):
+                raise
+            role = None
+        if role is not None and not managed(role.get("Tags")):
+            return Step("instance profile", name, "keep", "its role was not created by ocimodel: left as it is")
+        fixes: list[tuple[str, Callable[[], None]]] = []
+        if role is None:
+            fixes.append(("role", lambda: iam.create_role(**requests["CreateRole"])))
+            attached: list[str] = []
+            policy = None
+            profile = None
+        else:
+            if not _same(_policy_document(role.get("AssumeRolePolicyDocument")), sp.instance_trust_policy()):
+                fixes.append(
+                    (
+                        "trust policy",
+                        lambda: iam.update_assume_role_policy(
+                            RoleName=name, PolicyDocument=requests["CreateRole"]["AssumeRolePolicyDocument"]
+                        ),
+                    )
+                )
+            attached = [a["PolicyArn"] for a in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]]
+            try:
+                policy = _policy_document(
+                    iam.get_role_policy(RoleName=name, PolicyName=sp.SNAPSHOT_POLICY_NAME)["PolicyDocument"]
+                )
+            except ClientError as exc:
+                if not _missing(exc, "NoSuchEntity"):
+                    raise
+                policy = None
+            try:
+                profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+            except ClientError as exc:
+                if not _missing(exc, "NoSuchEntity"):
+                    raise
+                profile = None
+    if requests["AttachRolePolicy"]["PolicyArn"] not in attached:
+        fixes.append((sp.SSM_CORE_POLICY, lambda: iam.attach_role_policy(**requests["AttachRolePolicy"])))
+    if not _same(policy, json.loads(requests["PutRolePolicy"]["PolicyDocument"])):
+        fixes.append(("ECR pull policy", lambda: iam.put_role_policy(**requests["PutRolePolicy"])))
+    if profile is None:
+        fixes.append(("profile", lambda: iam.create_instance_profile(**requests["CreateInstanceProfile"])))
+    if profile is None or name not in [r["RoleName"] for r in profile.get("Roles") or []]:
+        add = requests["AddRoleToInstanceProfile"]
+        fixes.append(("role in profile", lambda: iam.add_role_to_instance_profile(**add)))
+    if not fixes:
+        return Step("instance profile", name, "none", detail)
+
+    def apply_fixes() -> None:
+        for _, fix in fixes:
+            fix()
+
+    if role is None:
+        return Step("instance profile", name, "create", detail, apply_fixes)
+    return Step("instance profile", name, "update", "set " + ", ".join(w for w, _ in fixes), apply_fixes)
 
 
 # --- CloudWatch Logs ------------------------------------------------------------------------------------------------

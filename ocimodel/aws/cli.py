@@ -202,6 +202,9 @@ def teardown(
         bool, typer.Option("--delete-images", help="Also delete the ECR repositories, with their images.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be deleted; delete nothing.")] = False,
+    delete_snapshots: Annotated[
+        bool, typer.Option("--delete-snapshots", help="Also delete the EBS snapshots aws snapshot made.")
+    ] = False,
 ) -> None:
     """Remove what bootstrap made for this config; the ECR repositories only with --delete-images."""
     from ocimodel.aws import teardown as run
@@ -216,8 +219,105 @@ def teardown(
             "pass --yes (and --delete-images to delete the ECR repositories and their images too)"
         )
     clients, names = _names(settings)
-    todo = run.steps(clients, settings, names, delete_images)
+    todo = run.steps(clients, settings, names, delete_images, delete_snapshots)
     if not dry_run:
         apply(todo)
     print(render(todo, done=not dry_run))
     print(summary(todo, done=not dry_run, verb="dry run" if dry_run else "teardown"))
+
+
+@aws_app.command()
+def snapshot(
+    models: Annotated[
+        Optional[list[str]], typer.Argument(help="Models to cache (id, name or repository); all by default.")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    tag: Annotated[Optional[str], typer.Option(help="The images' tag, instead of each model's in the config.")] = None,
+    ami_family: Annotated[
+        str, typer.Option(help="bottlerocket or al2023-nvidia: the nodes' AMI family.")
+    ] = "bottlerocket",
+    kubernetes_version: Annotated[str, typer.Option(help="Picks the AMI from its SSM public parameter.")] = "1.32",
+    ami: Annotated[Optional[str], typer.Option(help="An AMI id instead of the SSM public parameter's.")] = None,
+    arch: Annotated[str, typer.Option(help="amd64 or arm64: the nodes' architecture.")] = "amd64",
+    instance_type: Annotated[
+        Optional[str], typer.Option(help="The temporary instance (default m6i.large / m7g.large).")
+    ] = None,
+    subnet: Annotated[Optional[str], typer.Option(help="Its subnet (default: a default-VPC subnet).")] = None,
+    encrypt: Annotated[bool, typer.Option("--encrypt", help="Encrypt the volume, hence the snapshot.")] = False,
+    kms_key: Annotated[Optional[str], typer.Option(help="With this KMS key (implies --encrypt).")] = None,
+    volume_size: Annotated[Optional[int], typer.Option(min=1, help="GiB (default: from the images' sizes).")] = None,
+    extra_image: Annotated[
+        Optional[list[str]], typer.Option(help="Another image to cache (e.g. the serving runtime).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Build even if a snapshot of these images exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print id, size, digests, region as JSON.")] = False,
+    nodeclass: Annotated[
+        bool, typer.Option("--nodeclass", help="Print a Karpenter EC2NodeClass blockDeviceMappings block.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+) -> None:
+    """Bake the models' images into an EBS snapshot of a node's data volume; prints the snapshot id last."""
+    import json
+
+    from ocimodel.aws import snapshot as run
+    from ocimodel.aws import snapshot_plan as sp
+    from ocimodel.aws.config import load_config
+    from ocimodel.aws.session import Clock
+    from ocimodel.errors import OcimodelError
+
+    if ami_family not in sp.AMI_FAMILIES:
+        raise OcimodelError(f"--ami-family {ami_family}: expected one of {', '.join(sp.AMI_FAMILIES)}")
+    if arch not in sp.ARCHES:
+        raise OcimodelError(f"--arch {arch}: expected one of {', '.join(sp.ARCHES)}")
+    settings = load_config(config)
+    chosen = [settings.find(m) for m in models] if models else list(settings.models)
+    options = run.Options(
+        family=ami_family,
+        kubernetes_version=kubernetes_version,
+        ami=ami,
+        arch=arch,
+        instance_type=instance_type,
+        subnet=subnet,
+        encrypt=encrypt,
+        kms_key=kms_key,
+        volume_size=volume_size,
+        extra_images=tuple(extra_image or ()),
+        tag=tag,
+        force=force,
+    )
+    clients, names = _names(settings)
+    plan = run.make_plan(clients, names, settings, chosen, options)
+    existing = None if options.force else run.find_snapshot(clients.ec2, plan.key)
+    profile_ok = run.profile_exists(clients.iam, plan.profile)
+    if dry_run:
+        print(run.render_plan(plan, existing, profile_ok))
+        print("dry run: nothing was changed")
+        return
+    if existing is not None:
+        _note(f"{existing.id} holds these images already ({plan.family}, {plan.arch}): nothing to build")
+        made = existing
+    else:
+        if not profile_ok:
+            raise OcimodelError(
+                f"IAM instance profile {plan.profile} does not exist: run ocimodel aws bootstrap with this config first"
+            )
+        builder = run.Builder(clients, run.SsmRunner(clients.ssm, Clock()), Clock(), _note)
+        made = builder.build(plan)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "snapshot_id": made.id,
+                    "size_gib": made.size_gib,
+                    "region": clients.region,
+                    "ami_family": plan.family,
+                    "arch": plan.arch,
+                    "reused": made.reused,
+                    "images": {image.ref.split("@")[0]: image.digest for image in plan.images},
+                }
+            )
+        )
+        return
+    if nodeclass:
+        print(sp.nodeclass_block(plan.family, made.id, made.size_gib, made.encrypted, made.kms_key))
+    print(made.id)

@@ -88,6 +88,11 @@ class Names:
         return self.account.arn("iam", f"role/{self.role}", region="")
 
     @property
+    def snapshot_role(self) -> str:
+        """The role, and instance profile of the same name, of ``aws snapshot``'s temporary instance."""
+        return f"{self.settings.prefix}-snapshot-{self.account.region}"
+
+    @property
     def secret(self) -> str:
         return self.settings.hf_token_secret
 

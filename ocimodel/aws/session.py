@@ -29,6 +29,9 @@ class Clients:
     kms: Any
     #: The AWS configuration asks for FIPS endpoints (``AWS_USE_FIPS_ENDPOINT``, ``use_fips_endpoint``).
     fips: bool = False
+    #: ``aws snapshot``'s (and teardown's, for its snapshots).
+    ec2: Any = None
+    ssm: Any = None
 
 
 def connect(region: str | None) -> Clients:
@@ -59,6 +62,8 @@ def connect(region: str | None) -> Clients:
         sts=client("sts"),
         kms=client("kms"),
         fips=fips,
+        ec2=client("ec2"),
+        ssm=client("ssm"),
     )
 
 

@@ -20,12 +20,16 @@ from ocimodel.aws.session import Clients, aws_call, error_code
 from ocimodel.aws.steps import Step
 
 
-def steps(clients: Clients, config: Config, names: Names, delete_images: bool) -> list[Step]:
+def steps(
+    clients: Clients, config: Config, names: Names, delete_images: bool, delete_snapshots: bool = False
+) -> list[Step]:
     models = config.models
     return [
         *_project_steps(clients.codebuild, names, models),
         *[_log_group_step(clients.logs, names.log_group(m)) for m in models],
         _role_step(clients.iam, names),
+        _instance_profile_step(clients.iam, names),
+        *_snapshot_steps(clients.ec2, names, delete_snapshots),
         _bucket_step(clients.s3, names),
         *([_secret_step(clients.secrets, names)] if config.aws.hf_token else []),
         *[_repository_step(clients.ecr, m.repository, delete_images) for m in models],
@@ -70,6 +74,67 @@ def _role_step(iam: Any, names: Names) -> Step:
         iam.delete_role(RoleName=names.role)
 
     return Step("iam role", names.role, "delete", f"with its policy {p.ROLE_POLICY_NAME}", delete)
+
+
+def _instance_profile_step(iam: Any, names: Names) -> Step:
+    """``aws snapshot``'s instance profile and its role, if bootstrap made them."""
+    name = names.snapshot_role
+    with aws_call(f"read IAM role {name}"):
+        try:
+            role = iam.get_role(RoleName=name)["Role"]
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            role = None
+        try:
+            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            profile = None
+        if role is None and profile is None:
+            return Step("instance profile", name, "absent")
+        if role is not None and not managed(role.get("Tags")):
+            return Step("instance profile", name, "keep", "its role was not created by ocimodel")
+        attached = [a["PolicyArn"] for a in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]]
+        inline = iam.list_role_policies(RoleName=name)["PolicyNames"] if role is not None else []
+
+    def delete() -> None:
+        if profile is not None:
+            for member in profile.get("Roles") or []:
+                iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=member["RoleName"])
+            iam.delete_instance_profile(InstanceProfileName=name)
+        if role is not None:
+            for arn in attached:
+                iam.detach_role_policy(RoleName=name, PolicyArn=arn)
+            for policy in inline:
+                iam.delete_role_policy(RoleName=name, PolicyName=policy)
+            iam.delete_role(RoleName=name)
+
+    return Step("instance profile", name, "delete", "with its role and policies (aws snapshot's)", delete)
+
+
+def _snapshot_steps(ec2: Any, names: Names, delete_snapshots: bool) -> list[Step]:
+    """The EBS snapshots ``aws snapshot`` made for this prefix (by their tags): deleted only when asked, since nodes
+    may be launched from them."""
+    from ocimodel.aws.snapshot import made_snapshots
+
+    found = made_snapshots(ec2, names.settings.prefix)
+    if not delete_snapshots:
+        return [
+            Step("ebs snapshot", s["SnapshotId"], "keep", f"{s['VolumeSize']} GiB; --delete-snapshots deletes it")
+            for s in found
+        ]
+    return [
+        Step(
+            "ebs snapshot",
+            s["SnapshotId"],
+            "delete",
+            f"{s['VolumeSize']} GiB",
+            partial(ec2.delete_snapshot, SnapshotId=s["SnapshotId"]),
+        )
+        for s in found
+    ]
 
 
 def _bucket_step(s3: Any, names: Names) -> Step:

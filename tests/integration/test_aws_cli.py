@@ -36,6 +36,7 @@ from ocimodel.aws.plan import Account, Names, Plan, model_build
 from ocimodel.aws.wheel import bundle, installed_wheel
 from tests.harness.registry import Registry
 from tests.hub_server import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
+from tests.unit.aws_seed import seed_managed_policy
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -143,6 +144,7 @@ def clean_environ() -> dict[str, str]:
 @pytest.fixture
 def env(tmp_path: Path, moto_server: str, hub: HubServer) -> dict[str, str]:
     requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    seed_managed_policy(ACCOUNT)  # bootstrap attaches AmazonSSMManagedInstanceCore to aws snapshot's role
     return clean_environ() | {
         "AWS_ENDPOINT_URL": moto_server,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -204,11 +206,11 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
     )
 
     dry = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel), "--dry-run"))
-    assert last_line(dry) == "dry run: 9 would create, 1 would upload (nothing was changed)"
+    assert last_line(dry) == "dry run: 10 would create, 1 would upload (nothing was changed)"
     assert s3.list_buckets()["Buckets"] == [] and ecr.describe_repositories()["repositories"] == []
 
     first = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
-    assert last_line(first) == "bootstrap: 9 created, 1 uploaded"
+    assert last_line(first) == "bootstrap: 10 created, 1 uploaded"
     assert "ocimodel/hf-token" in first and "missing" in first
     again = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
     assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
@@ -244,7 +246,7 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
     refused = ocimodel(env, "aws", "teardown", *common)
     assert refused.returncode == 1 and "--yes" in refused.stderr
     gone = ok(ocimodel(env, "aws", "teardown", *common, "--yes", "--delete-images"))
-    assert last_line(gone) == "teardown: 9 deleted"
+    assert last_line(gone) == "teardown: 10 deleted"
     assert codebuild.list_projects()["projects"] == [] and s3.list_buckets()["Buckets"] == []
     assert ecr.describe_repositories()["repositories"] == []
     assert client(env, "iam").list_roles()["Roles"] == []
@@ -371,9 +373,9 @@ def test_bootstrap_works_from_a_regular_install_and_uploads_its_wheel_once(
 
     s3 = client(env, "s3")
     dry = run("--dry-run")
-    assert last_line(dry) == "dry run: 9 would create, 1 would upload (nothing was changed)"
+    assert last_line(dry) == "dry run: 10 would create, 1 would upload (nothing was changed)"
     assert s3.list_buckets()["Buckets"] == []
-    assert last_line(run()) == "bootstrap: 9 created, 1 uploaded"
+    assert last_line(run()) == "bootstrap: 10 created, 1 uploaded"
     again = run()
     assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
     assert "uploaded" not in again

@@ -39,6 +39,7 @@ from ocimodel.aws.wheel import bundle
 from ocimodel.cli import app
 from ocimodel.errors import OcimodelError
 from tests.hub_server import HubServer, run_hub, tiny_repo
+from tests.unit.aws_seed import seed_managed_policy
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -95,6 +96,7 @@ def aws(moto_account: tuple[Any, Clients], monkeypatch: pytest.MonkeyPatch, tmp_
     """An empty account, and the Hub look-alike for sizes."""
     mocked, clients = moto_account
     mocked.reset()
+    seed_managed_policy(ACCOUNT)  # bootstrap attaches AmazonSSMManagedInstanceCore to aws snapshot's role
     fake_aws_environment(monkeypatch, tmp_path)
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -196,6 +198,7 @@ def test_bootstrap_creates_every_resource_with_its_settings(aws: Clients, wheel:
         ("ecr repository", "create"),
         ("iam role", "create"),
         ("iam policy", "create"),
+        ("instance profile", "create"),
         ("log group", "create"),
         ("log group", "create"),
         ("codebuild project", "create"),
@@ -278,7 +281,7 @@ def test_hub_size_offline_says_what_to_set_instead(aws: Clients, monkeypatch: py
 def test_a_second_bootstrap_changes_nothing_and_says_so(aws: Clients, wheel: Path, config_file: Path) -> None:
     first = invoke("aws", "bootstrap", "--config", str(config_file), "--wheel", str(wheel))
     assert first.exit_code == 0, first.output
-    assert first.stdout.strip().splitlines()[-1] == "bootstrap: 9 created, 1 uploaded"
+    assert first.stdout.strip().splitlines()[-1] == "bootstrap: 10 created, 1 uploaded"
     second = invoke("aws", "bootstrap", "--config", str(config_file), "--wheel", str(wheel))
     assert second.exit_code == 0, second.output
     assert second.stdout.strip().splitlines()[-1] == "bootstrap: nothing to change, everything is as the config says"
@@ -317,7 +320,7 @@ def test_dry_run_shows_the_plan_and_makes_no_mutating_call(
     assert aws.logs.describe_log_groups()["logGroups"] == []
     out = result.stdout
     assert "would create" in out and "BUILD_GENERAL1_SMALL, timeout 16 min" in out
-    assert out.strip().endswith("dry run: 9 would create, 1 would upload (nothing was changed)")
+    assert out.strip().endswith("dry run: 10 would create, 1 would upload (nothing was changed)")
     # The policy as JSON, exactly the document a real run puts.
     marker = f"# IAM role {ROLE}: inline policy ocimodel-build\n"
     shown = out[out.index(marker) + len(marker) :]
@@ -346,6 +349,7 @@ def test_changed_settings_are_updated_in_place_and_then_settle(aws: Clients, whe
         ("ecr repository", "kserve-models/tiny-v1"): "create",
         ("iam role", ROLE): "none",  # the trust names the prefix's projects: a new one is in it already
         ("iam policy", f"{ROLE}/ocimodel-build"): "update",  # its repository is allowed
+        ("instance profile", f"ocimodel-snapshot-{REGION}"): "update",  # and pulled by aws snapshot
         ("log group", "/aws/codebuild/ocimodel-acme-tiny"): "update",
         ("log group", "/aws/codebuild/ocimodel-acme-fixed"): "update",
         ("log group", "/aws/codebuild/ocimodel-tiny-v1"): "create",
@@ -745,7 +749,7 @@ def test_teardown_removes_what_bootstrap_made_and_keeps_images(aws: Clients, whe
     assert aws.secrets.list_secrets()["SecretList"] == []
     assert sorted(r["repositoryName"] for r in aws.ecr.describe_repositories()["repositories"]) == sorted(REPOSITORIES)
     assert "kept" in result.stdout and "--delete-images deletes it" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == "teardown: 7 deleted"
+    assert result.stdout.strip().splitlines()[-1] == "teardown: 8 deleted"
 
     images = invoke("aws", "teardown", "--config", str(config_file), "--yes", "--delete-images")
     assert images.exit_code == 0, images.output
