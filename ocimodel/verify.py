@@ -954,15 +954,14 @@ def _limit_zstd(layers: Sequence[Descriptor]) -> Check:
     return Check("limits.zstd", ("modelcar", "native"), Result.PASS, "no zstd layers")
 
 
-#: What the first cold pulls on a node measured (issue 11; Debian's containerd 1.6, ``ctr -n k8s.io images pull`` from a
-#: loopback registry, 3 layers fetched at once as containerd's CRI plugin does): a 4.3 GB model pulled and unpacked in
-#: 46-49 s as ocimodel's per-shard uncompressed layers, 62-69 s as one gzip layer (``COPY model /models`` pushed by
-#: docker), 52 s as zstd. Below that size nothing measured says a layout choice costs the node anything.
+#: What cold pulls of a 4 GiB model measured on a node (docs/benchmarks.md, node section: Debian's containerd 1.6,
+#: ``ctr -n k8s.io images pull`` from a loopback registry, 3 layers fetched at once as containerd's CRI plugin does).
+#: Below that size nothing measured says a layout choice costs the node anything.
 SLOW_PULL_BYTES = 4 << 30
-_PULL_MEASURED = ("measured cold at 4.3 GB on containerd 1.6: per-shard layers 46-49 s, one gzip layer 62-69 s, "
-                  "zstd 52 s")
-#: containerd's CRI plugin fetches 3 layers at a time; a layer with more than half the bytes keeps the pull at its own
-#: single-stream time, at least 1.5x what the same bytes spread over 3 streams take.
+#: The fetch through one stream (``--max-concurrent-downloads 1``) against three: what a layer holding most of the
+#: bytes leaves a node with, whatever its download slots.
+_ONE_STREAM_MEASURED = "measured at 4 GiB on containerd 1.6: fetched in 50.7 s through one stream, 41.6 s through 3"
+_GZIP_MEASURED = "measured at 4 GiB on containerd 1.6: gzip layers pulled in 130.7 s, uncompressed in 68.6 s"
 NODE_DOWNLOADS = 3
 ONE_LAYER_SHARE = 0.5
 
@@ -978,15 +977,15 @@ def _node_pull(layers: Sequence[Descriptor]) -> Check:
         slow.append(f"one layer holds {human_size(biggest.size)} of {human_size(total)} ({biggest.size / total:.0%}): "
                     f"a node fetches {NODE_DOWNLOADS} layers at once, this one in a single stream; give each weight "
                     "file its own layer (ocimodel's default) and re-shard a single huge file "
-                    "(save_pretrained(max_shard_size=...))")
+                    f"(save_pretrained(max_shard_size=...)) ({_ONE_STREAM_MEASURED})")
     gzipped = sum(d.size for d in layers if "gzip" in d.media_type)
     if gzipped >= SLOW_PULL_BYTES:
         slow.append(f"{human_size(gzipped)} of gzip layers: a node gunzips each layer on one core; weights barely "
-                    "compress, use --compression none")
+                    f"compress, use --compression none ({_GZIP_MEASURED})")
     if not slow:
         return Check(cid, modes, Result.PASS,
                      f"{human_size(total)} in {len(layers)} layers, largest {human_size(biggest.size)}")
-    return Check(cid, modes, Result.WARN, f"slow node pull: {'; '.join(slow)} ({_PULL_MEASURED})")
+    return Check(cid, modes, Result.WARN, f"slow node pull: {'; '.join(slow)}")
 
 
 def _checkable(image: Image) -> Check:
