@@ -49,6 +49,7 @@ from ocimodel.layout.descriptor import (
     Descriptor,
     Platform,
     descriptor_list,
+    is_compressed_layer,
     parse_document,
     sha256_digest,
 )
@@ -518,7 +519,7 @@ def _contents(store: Store, layer: Descriptor, history: str | None, budget: Budg
     if "tar" not in layer.media_type:
         return LayerContents("skipped", reason=f"not a tar layer ({layer.media_type})")
     policy = budget.policy
-    plain = layer.media_type.endswith(".tar")
+    plain = not is_compressed_layer(layer.media_type)
     if layer.size > policy.small and not (store.seekable and plain):
         inferred = annotated_entries(layer, history)
         if inferred is not None:

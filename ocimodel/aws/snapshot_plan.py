@@ -18,6 +18,7 @@ from typing import Any
 
 from ocimodel.aws.plan import ECR_PULL_ACTIONS, MANAGED_TAG, Names, policy_text
 from ocimodel.errors import OcimodelError
+from ocimodel.layout.descriptor import is_compressed_layer
 
 BOTTLEROCKET = "bottlerocket"
 AL2023_NVIDIA = "al2023-nvidia"
@@ -89,7 +90,7 @@ class Layer:
 
     @property
     def compressed(self) -> bool:
-        return self.media_type.endswith(("+gzip", "+zstd", ".gzip", ".zstd")) or "tar.gzip" in self.media_type
+        return is_compressed_layer(self.media_type)
 
 
 @dataclass(frozen=True)

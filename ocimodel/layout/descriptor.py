@@ -42,6 +42,12 @@ MAX_INDEX_DEPTH = 4
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+def is_compressed_layer(media_type: str) -> bool:
+    """Whether a tar layer's media type names a compression (``+gzip``/``+zstd``, docker's ``.tar.gzip``): an
+    uncompressed layer's type ends in ``.tar`` in both the OCI and the docker schemes."""
+    return not media_type.endswith(".tar")
+
+
 def is_digest(value: str) -> bool:
     """Only sha256 is accepted: it is what every registry and runtime we target agrees on."""
     return bool(_DIGEST.match(value))
