@@ -56,7 +56,7 @@ from ocimodel.layout.descriptor import (
 from ocimodel.layout.store import Layout
 from ocimodel.layout.walk import Node, read_node, walk
 from ocimodel.registry.client import RegistryClient
-from ocimodel.registry.push import select_tag
+from ocimodel.registry.push import ECR_MAX_LAYER_BYTES, select_tag
 from ocimodel.registry.reference import Reference
 from ocimodel.units import human_size
 
@@ -72,8 +72,6 @@ LAYERS_WARN = 100
 #: ECR refuses images with "Limit on number of layers per image exceeded" somewhere above this (images of 300 to
 #: 500 layers were refused; the limit is undocumented), so more layers than this fail.
 LAYERS_MAX = 300
-#: ECR's documented maximum layer size.
-LAYER_MAX_BYTES = 52_000 << 20
 #: Layers this small are read whatever it takes: base images and the small-files layer.
 SMALL_LAYER = 64 << 20
 #: Decompressed tar bytes one run of the checks may read, whatever the layers' sizes: base layers under
@@ -933,7 +931,7 @@ def _limit_layer_size(layers: Sequence[Descriptor]) -> Check:
     if not layers:
         return Check(cid, MODES, Result.PASS, "no layers")
     biggest = max(layers, key=lambda d: d.size)
-    if biggest.size > LAYER_MAX_BYTES:
+    if biggest.size > ECR_MAX_LAYER_BYTES:
         return Check(cid, MODES, Result.FAIL,
                      f"layer {biggest.digest[7:19]} is {human_size(biggest.size)}: ECR takes at most 52,000 MiB")
     return Check(cid, MODES, Result.PASS, f"largest layer {human_size(biggest.size)}")

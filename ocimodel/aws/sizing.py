@@ -105,17 +105,17 @@ def hub_commit(model: ModelSpec) -> str:
     """
     from ocimodel.layout.plan import plan_layers
     from ocimodel.layout.tarlayer import tar_size
-    from ocimodel.verify import LAYER_MAX_BYTES
+    from ocimodel.registry.push import ECR_MAX_LAYER_BYTES
 
     source = _open(model)
     layers = plan_layers(source.planned(_filters(model)))
     for layer in layers:
         size = tar_size(layer.members())
-        if size > LAYER_MAX_BYTES:
+        if size > ECR_MAX_LAYER_BYTES:
             largest = max(layer.files, key=lambda f: f.size)
             raise OcimodelError(
                 f"model {model.id}: {largest.path} makes a layer of {human_size(size)}, over ECR's maximum of "
-                f"{human_size(LAYER_MAX_BYTES)}: ECR would refuse it; leave it out with exclude"
+                f"{human_size(ECR_MAX_LAYER_BYTES)}: ECR would refuse it; leave it out with exclude"
             )
     return source.commit
 
