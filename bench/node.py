@@ -45,9 +45,9 @@ READ_CHUNK = 1 << 20
 #: ``ocimodel build`` with every model file in one layer: what the per-shard split buys, measured.
 ONE_LAYER = """
 import sys
-import ocimodel.build
+import ocimodel.registry.build
 from ocimodel.layout.plan import LayerPlan
-ocimodel.build.plan_layers = lambda files, *args: [LayerPlan(tuple(sorted(files, key=lambda f: f.sort_key)))]
+ocimodel.registry.build.plan_layers = lambda files, *args: [LayerPlan(tuple(sorted(files, key=lambda f: f.sort_key)))]
 from ocimodel.cli import main
 sys.argv[0] = "ocimodel"
 main()

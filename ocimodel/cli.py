@@ -13,18 +13,13 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from contextlib import contextmanager
+from typing import Annotated, Iterable, Iterator, Optional
 
 import typer
 
-from ocimodel import __version__
-from ocimodel.errors import OcimodelError
-from ocimodel.layout.descriptor import Platform
-
-if TYPE_CHECKING:
-    from ocimodel.pack import PackOptions
-    from ocimodel.registry.client import RegistryClient
-    from ocimodel.registry.reference import Reference
+from ocimodel import __version__, api
+from ocimodel.errors import InvalidArgument, OcimodelError
 
 app = typer.Typer(
     name="ocimodel",
@@ -60,21 +55,10 @@ _NOTICES.setLevel(logging.WARNING)
 _NOTICES.setFormatter(logging.Formatter("ocimodel: %(message)s"))
 
 
-class Compression(str, Enum):
-    none = "none"
-    gzip = "gzip"
-    zstd = "zstd"
-
-
-class KserveMode(str, Enum):
-    modelcar = "modelcar"
-    native = "native"
-    fetch = "fetch"
-
-
-class ServiceKind(str, Enum):
-    inferenceservice = "inferenceservice"
-    llminferenceservice = "llminferenceservice"
+# The choices come from the library, so the CLI offers exactly what it accepts.
+Compression = Enum("Compression", {name: name for name in api.COMPRESSIONS}, type=str)  # type: ignore[misc]
+KserveMode = Enum("KserveMode", {name: name for name in api.MODES}, type=str)  # type: ignore[misc]
+ServiceKind = Enum("ServiceKind", {name: name for name in api.SERVICE_KINDS}, type=str)  # type: ignore[misc]
 
 
 def _version(value: bool) -> None:
@@ -102,21 +86,6 @@ def _global(
         logger.setLevel(logging.DEBUG)
     elif _NOTICES not in logging.getLogger("ocimodel").handlers:
         logging.getLogger("ocimodel").addHandler(_NOTICES)
-
-
-def _platform(text: str) -> Platform:
-    try:
-        return Platform.parse(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def _tag(text: str) -> str:
-    from ocimodel.registry.reference import is_tag
-
-    if not is_tag(text):
-        raise typer.BadParameter(f"{text!r} is not a valid tag (letters, digits, _ . -; at most 128; no leading . or -)")
-    return text
 
 
 # Options shared by several commands, declared once so their names, defaults and help stay the same everywhere.
@@ -167,62 +136,46 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     return pairs
 
 
-def _pack_options(
-    base: str | None,
-    platform: str,
-    tag: str,
-    compression: Compression,
-    include: list[str],
-    exclude: list[str],
-    jobs: int | None,
-    plain_http: bool,
-    no_cache: bool,
-    label: list[str],
-    annotation: list[str],
-) -> PackOptions:
-    from ocimodel.pack import DEFAULT_BASE, PackOptions
-    from ocimodel.source import Filters
-
-    platforms = tuple(dict.fromkeys(_platform(p) for p in platform.split(",") if p.strip()))
-    if not platforms:
-        raise typer.BadParameter("names no platform; give os/arch, e.g. linux/amd64", param_hint="--platform")
-    return PackOptions(
-        base=base or os.environ.get("OCIMODEL_BASE_IMAGE") or DEFAULT_BASE,
-        platforms=platforms,
-        tag=_tag(tag),
-        compression=compression.value,
-        filters=Filters(tuple(include), tuple(exclude)),
-        plain_http=plain_http,
-        use_cache=not no_cache,
-        labels=_pairs(label, "--label"),
-        annotations=_pairs(annotation, "--annotation"),
-        **({"jobs": jobs} if jobs else {}),
-    )
+#: The flag or argument behind each API keyword whose name differs from it.
+_FLAGS = {"platforms": "--platform", "modes": "--mode", "ref": "REF", "image": "IMAGE", "pushed_to": "--ref"}
 
 
-def _target(ref: str) -> Reference:
+@contextmanager
+def _usage() -> Iterator[None]:
+    """The API's argument errors as the CLI's usage errors (exit 2), naming the flag instead of the keyword."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        hint = _FLAGS.get(exc.argument, "--" + exc.argument.replace("_", "-"))
+        raise typer.BadParameter(exc.reason, param_hint=hint) from None
+
+
+def _registry(plain_http: bool, username: str | None, password_stdin: bool, host: str | None) -> api.Registry:
+    """A registry with ``--username``/``--password-stdin`` credentials for ``host`` first, then the usual stores."""
+    if password_stdin != bool(username):
+        raise typer.BadParameter("--username and --password-stdin go together")
+    credentials = {}
+    if username and host:
+        credentials[host] = (username, sys.stdin.readline().rstrip("\r\n"))
+    return api.Registry(credentials=credentials, plain_http=plain_http)
+
+
+def _host(ref: str) -> str | None:
+    """The registry host of a reference, for credentials; None if it does not parse (the API then says why)."""
     from ocimodel.registry.reference import parse_reference
 
     try:
-        target = parse_reference(ref)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="REF") from None
-    if target.digest:
-        raise typer.BadParameter("push to a tag or a bare repository, not a digest", param_hint="REF")
-    return target
+        return parse_reference(ref).registry
+    except ValueError:
+        return None
 
 
-def _client(target: Reference, plain_http: bool, username: str | None, password_stdin: bool) -> RegistryClient:
-    """A client with ``--username``/``--password-stdin`` credentials first, then the usual credential stores."""
-    from ocimodel.registry.auth import Credentials, default_keychain
-    from ocimodel.registry.client import RegistryClient
-
-    if password_stdin != bool(username):
-        raise typer.BadParameter("--username and --password-stdin go together")
-    explicit = {}
-    if username:
-        explicit[target.registry] = Credentials(username, sys.stdin.readline().rstrip("\r\n"))
-    return RegistryClient(target.registry, plain_http=plain_http, keychain=default_keychain(explicit))
+def _hub_downloads(disk_budget: bool = False) -> None:
+    """hf_xet's settings for ocimodel's downloads, unless the user set them: its high-performance mode, and under a
+    disk budget no chunk cache (a second copy of what is on disk). The CLI owns its process; the library does not."""
+    os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
+    if disk_budget:
+        os.environ.setdefault("HF_XET_CHUNK_CACHE_SIZE_BYTES", "0")
 
 
 @app.command()
@@ -232,7 +185,7 @@ def pack(
     revision: RevisionOpt = None,
     cache_dir: CacheDirOpt = None,
     base: BaseOpt = None,
-    platform: PlatformOpt = "linux/amd64",
+    platform: PlatformOpt = api.DEFAULT_PLATFORM,
     tag: Annotated[str, typer.Option(help="Tag stored in the layout's index.json.")] = "latest",
     compression: CompressionOpt = Compression.none,
     include: IncludeOpt = [],
@@ -245,25 +198,22 @@ def pack(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
 ) -> None:
     """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
-    from ocimodel.pack import pack as run_pack
     from ocimodel.progress import make_reporter
-    from ocimodel.source import open_source
-    from ocimodel.verify import layout_warnings
 
-    options = _pack_options(
-        base, platform, tag, compression, include, exclude, jobs, plain_http, no_cache, label, annotation
-    )
+    _hub_downloads()
     reporter = make_reporter()
     try:
-        model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
-        manifest = run_pack(model, layout, options, reporter)
+        with _usage():
+            result = api.pack(
+                source, layout, base=base, tag=tag, platforms=platform, include=include, exclude=exclude,
+                compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
+                use_cache=not no_cache, labels=_pairs(label, "--label"), annotations=_pairs(annotation, "--annotation"),
+                plain_http=plain_http, progress=reporter,
+            )
     finally:
         reporter.close()
-    _warn(layout_warnings(layout, tag))
-    if as_json:
-        print(json.dumps({"digest": manifest.digest, "size": manifest.size, "layout": str(layout), "tag": tag}))
-    else:
-        print(manifest.digest)
+    _warn(result.warnings)
+    print(json.dumps(result.to_json()) if as_json else result.digest)
 
 
 @app.command()
@@ -271,7 +221,7 @@ def push(
     layout: Annotated[Path, typer.Argument(help="OCI image layout directory (ours, skopeo's, olot's...).")],
     ref: Annotated[str, typer.Argument(help="Destination: host[:port]/repo[:tag].")],
     tag: Annotated[Optional[str], typer.Option(help="Which tag of the layout to push. \\[default: the only one, or latest]")] = None,
-    jobs: Annotated[int, typer.Option(min=1, max=32, help="Blobs uploaded at once.")] = 4,
+    jobs: Annotated[int, typer.Option(min=1, max=32, help="Blobs uploaded at once.")] = api.DEFAULT_JOBS,
     chunk_size: ChunkSizeOpt = "128MiB",
     mount_from: MountFromOpt = [],
     plain_http: PlainHttpOpt = False,
@@ -280,26 +230,20 @@ def push(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON result (reference, digest, oci:// URI, blobs).")] = False,
 ) -> None:
     """Push an OCI image layout to a registry. Prints host/repo@sha256:… last."""
-    from ocimodel.layout.store import Layout
     from ocimodel.progress import make_reporter
-    from ocimodel.registry.known import KnownBlobs
-    from ocimodel.registry.push import PushOptions, describe
-    from ocimodel.registry.push import push as run_push
-    from ocimodel.verify import layout_warnings
+    from ocimodel.registry.push import describe
 
-    target = _target(ref)
-    options = PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from))
-    source = Layout.open(layout)
     reporter = make_reporter()
     try:
-        with _client(target, plain_http, username, password_stdin) as client:
-            result = run_push(
-                source, target, tag=tag, options=options, reporter=reporter, client=client, known=KnownBlobs()
+        with _registry(plain_http, username, password_stdin, _host(ref)) as registry, _usage():
+            result = api.push(
+                layout, ref, tag=tag, jobs=jobs, chunk_size=_size(chunk_size), mount_from=mount_from,
+                registry=registry, progress=reporter,
             )
     finally:
         reporter.close()
     print(f"pushed {result.reference}: {describe(result)}", file=sys.stderr)
-    _warn(layout_warnings(layout, tag))
+    _warn(result.warnings)
     print(json.dumps(result.to_json()) if as_json else result.reference)
 
 
@@ -310,11 +254,11 @@ def build(
     revision: RevisionOpt = None,
     cache_dir: CacheDirOpt = None,
     base: BaseOpt = None,
-    platform: PlatformOpt = "linux/amd64",
+    platform: PlatformOpt = api.DEFAULT_PLATFORM,
     compression: CompressionOpt = Compression.none,
     include: IncludeOpt = [],
     exclude: ExcludeOpt = [],
-    jobs: Annotated[int, typer.Option(min=1, max=32, help="Layers hashed and uploaded at once.")] = 4,
+    jobs: Annotated[int, typer.Option(min=1, max=32, help="Layers hashed and uploaded at once.")] = api.DEFAULT_JOBS,
     chunk_size: ChunkSizeOpt = "128MiB",
     mount_from: MountFromOpt = [],
     plain_http: PlainHttpOpt = False,
@@ -338,39 +282,26 @@ def build(
     ] = False,
 ) -> None:
     """Build a model's image straight into a registry, streaming layers from the files. Prints host/repo@sha256:…."""
-    from ocimodel.build import BuildOptions, build_with_layout
-    from ocimodel.build import build as run_build
     from ocimodel.progress import make_reporter
-    from ocimodel.registry.known import KnownBlobs
-    from ocimodel.registry.push import PushOptions, describe
-    from ocimodel.source import open_source
-    from ocimodel.verify import layout_warnings, registry_warnings
+    from ocimodel.registry.push import describe
 
-    target = _target(ref)
-    if layout is not None and (disk_budget or two_pass):
-        raise typer.BadParameter("--layout packs then pushes: it takes neither --disk-budget nor --two-pass")
-    options = BuildOptions(
-        pack=_pack_options(base, platform, target.tag or "latest", compression, include, exclude, jobs, plain_http,
-                           no_cache, label, annotation),
-        push=PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from)),
-        two_pass=two_pass,
-        disk_budget=_size(disk_budget) if disk_budget else None,
-    )
+    _hub_downloads(disk_budget=disk_budget is not None)
     reporter = make_reporter()
     try:
-        with _client(target, plain_http, username, password_stdin) as client:
-            model = open_source(source, revision=revision, cache_dir=cache_dir, reporter=reporter)
-            if layout is not None:
-                result = build_with_layout(model, target, layout, options, reporter, client, KnownBlobs())
-                warnings = layout_warnings(layout, options.pack.tag)
-            else:
-                result = run_build(model, target, options, reporter, client, KnownBlobs())
-                warnings = registry_warnings(client, target.with_digest(result.push.digest))
+        with _registry(plain_http, username, password_stdin, _host(ref)) as registry, _usage():
+            result = api.build(
+                source, ref, base=base, platforms=platform, include=include, exclude=exclude,
+                compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
+                chunk_size=_size(chunk_size), mount_from=mount_from, use_cache=not no_cache,
+                labels=_pairs(label, "--label"), annotations=_pairs(annotation, "--annotation"), layout=layout,
+                disk_budget=_size(disk_budget) if disk_budget else None, two_pass=two_pass, registry=registry,
+                progress=reporter,
+            )
     finally:
         reporter.close()
-    print(f"built {result.push.reference}: {describe(result.push)}", file=sys.stderr)
-    _warn(warnings)
-    print(json.dumps(result.to_json()) if as_json else result.push.reference)
+    print(f"built {result.reference}: {describe(result.push)}", file=sys.stderr)
+    _warn(result.warnings)
+    print(json.dumps(result.to_json()) if as_json else result.reference)
 
 
 #: ``verify``'s exit status when the image fails a check (1 stays for errors, 2 for usage errors).
@@ -384,21 +315,16 @@ LayoutTagOpt = Annotated[
 ]
 
 
-def _warn(lines: list[str]) -> None:
+def _warn(lines: Iterable[str]) -> None:
     for line in lines:
         print(f"ocimodel: warning: {line}", file=sys.stderr)
 
 
-def _image_arg(text: str) -> Path | Reference:
-    """A directory that exists (or is written as a path) is a layout; anything else is a registry reference."""
-    from ocimodel.registry.reference import parse_reference
-
-    if Path(text).exists() or text.startswith((".", "/", "~")):
-        return Path(text).expanduser()
-    try:
-        return parse_reference(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not a layout directory, nor an image reference: {exc}", param_hint="IMAGE") from None
+def _image(text: str) -> tuple[str, str | None]:
+    """IMAGE as the API takes it, and the registry host ``--username`` credentials are for (None for a layout)."""
+    if api.is_layout_path(text):
+        return str(Path(text).expanduser()), None
+    return text, _host(text)
 
 
 @app.command()
@@ -406,7 +332,7 @@ def verify(
     image: ImageArg,
     platform: Annotated[
         str, typer.Option(help="Platform of the nodes; picks the manifest of a multi-platform image.")
-    ] = "linux/amd64",
+    ] = api.DEFAULT_PLATFORM,
     mode: Annotated[
         list[KserveMode], typer.Option(help="Only the checks for this KServe mode (repeatable). \\[default: all]")
     ] = [],
@@ -424,24 +350,14 @@ def verify(
 
     Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads).
     """
-    from ocimodel.verify import QUICK, LayoutStore, ReadPolicy, RegistryStore
-    from ocimodel.verify import verify as run_verify
-
-    target = _image_arg(image)
-    node = _platform(platform)
-    modes = [m.value for m in mode] or [m.value for m in KserveMode]
-    policy = QUICK if quick else ReadPolicy()
-    if isinstance(target, Path):
-        from ocimodel.layout.store import Layout
-
-        report = run_verify(LayoutStore(Layout.open(target), tag), node, modes, policy)
-    else:
-        if tag is not None:
-            raise typer.BadParameter("--tag picks a tag of a layout; put the tag in the reference", param_hint="--tag")
-        with _client(target, plain_http, username, password_stdin) as client:
-            report = run_verify(RegistryStore(client, target), node, modes, policy)
+    image, host = _image(image)
+    with _registry(plain_http, username, password_stdin, host) as registry, _usage():
+        report = api.verify(
+            image, platform=platform, modes=[m.value for m in mode] or None, tag=tag, quick=quick,
+            registry=registry,
+        )
     print(json.dumps(report.to_json()) if as_json else report.table())
-    if report.failed:
+    if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
@@ -476,40 +392,14 @@ def kserve(
 
     A reference with a tag is resolved to its digest once; a layout needs --ref, the repository it was pushed to.
     """
-    from ocimodel.kserve import Resources, Service, manifest, pinned, to_yaml
-    from ocimodel.registry.reference import parse_reference
-
-    target = _image_arg(image)
-    if isinstance(target, Path):
-        from ocimodel.layout.store import Layout
-        from ocimodel.registry.push import select_tag
-
-        if ref is None:
-            raise typer.BadParameter(
-                "a layout does not say where it was pushed: add --ref host/repo, or give the pushed reference",
-                param_hint="--ref",
-            )
-        try:
-            pushed = parse_reference(ref)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--ref") from None
-        if pushed.digest:
-            raise typer.BadParameter("give host/repo; the digest comes from the layout", param_hint="--ref")
-        _, top = select_tag(Layout.open(target), tag)
-        pinned_image = f"{pushed.registry}/{pushed.repository}@{top.digest}"
-    else:
-        if ref is not None or tag is not None:
-            raise typer.BadParameter("--ref and --tag are for layouts; the reference says it all", param_hint="--ref")
-        if target.digest:
-            pinned_image = f"{target.registry}/{target.repository}@{target.digest}"
-        else:
-            with _client(target, plain_http, username, password_stdin) as client:
-                pinned_image = pinned(target, client)
-    service = Service(
-        name=name, image=pinned_image, kind=kind.value, mode=mode.value, namespace=namespace, runtime=runtime,
-        model_format=model_format, model_name=model_name, resources=Resources(cpu, memory, gpus),
-    )
-    print(to_yaml(manifest(service)), end="")
+    image, host = _image(image)
+    with _registry(plain_http, username, password_stdin, host) as registry, _usage():
+        text = api.kserve_manifest(
+            image, name=name, kind=kind.value, mode=mode.value, pushed_to=ref, tag=tag, namespace=namespace,
+            runtime=runtime, model_format=model_format, model_name=model_name, cpu=cpu, memory=memory, gpus=gpus,
+            registry=registry,
+        )
+    print(text, end="")
 
 
 # Importing it costs typer alone: the aws commands load boto3 and the Hub client when they run.

@@ -1,8 +1,8 @@
-"""One exception type for everything the user can act on.
+"""The exceptions ocimodel raises for everything a user can act on.
 
-The CLI turns an ``OcimodelError`` into a single line on stderr and a non-zero exit; anything else is a bug and
-keeps its traceback (shown with ``--debug``). Messages must name the thing and say what to do, and must never
-contain a secret.
+Every one is an ``OcimodelError``: its message is one line that names the thing and says what to do, never contains
+a secret, and never names a command-line flag (library callers have none; the CLI maps ``InvalidArgument`` to its
+own flag names). Anything else raised is a bug and keeps its traceback (the CLI shows it with ``--debug``).
 """
 
 
@@ -10,5 +10,26 @@ class OcimodelError(Exception):
     """A failure caused by input or by a remote system, explained in one line."""
 
 
-class DigestMismatch(OcimodelError):
-    """Content did not hash to the digest that named it: never use such bytes."""
+class InvalidArgument(OcimodelError, ValueError):
+    """An argument of an API call is unusable; ``argument`` is its keyword (``tag``, ``platforms``, ``base``...)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument = argument
+        self.reason = message
+
+
+class SourceError(OcimodelError):
+    """The model's files could not be listed, fetched or read (a local directory, or a Hub repository)."""
+
+
+class LayoutError(OcimodelError):
+    """An OCI image layout could not be read or written."""
+
+
+class VerificationError(OcimodelError):
+    """Content is not what it claims to be; such bytes are never used."""
+
+
+class DigestMismatch(VerificationError):
+    """Content did not hash to the digest that named it."""

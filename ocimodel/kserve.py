@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import yaml
-
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import InvalidArgument
 from ocimodel.layout.descriptor import sha256_digest
-from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.reference import Reference
+
+if TYPE_CHECKING:
+    from ocimodel.registry.client import RegistryClient
 
 #: ``oci://`` lets the cluster's default apply (modelcar, unless ``ociModelMode`` says otherwise) and is what every
 #: KServe release with modelcars understands; the other modes need their explicit scheme.
@@ -64,8 +64,8 @@ class Service:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise OcimodelError(
-                f"--name {self.name!r} is not a valid service name: lowercase letters, digits and '-', starting "
+            raise InvalidArgument(
+                "name", f"{self.name!r} is not a valid service name: lowercase letters, digits and '-', starting "
                 "with a letter, at most 63 characters"
             )
         if "@sha256:" not in self.image:
@@ -123,4 +123,6 @@ def _llm_spec(service: Service, resources: Mapping[str, Any]) -> dict[str, Any]:
 
 def to_yaml(doc: Mapping[str, Any]) -> str:
     """Block-style YAML in the order written, the way Kubernetes examples are laid out."""
+    import yaml
+
     return str(yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False))

@@ -10,12 +10,15 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
+from ocimodel.errors import OcimodelError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Cancelled(Exception):
-    """Raised inside a job that noticed ``stop``: another job failed, or the user interrupted."""
+class Cancelled(OcimodelError):
+    """Raised inside a job that noticed ``stop`` (another job failed, or the user interrupted), and out of an API
+    call whose caller set its ``stop`` event."""
 
 
 def check(stop: threading.Event | None) -> None:

@@ -1,4 +1,5 @@
-"""Progress on stderr: rich bars on a terminal, a few plain lines in CI logs.
+"""Progress: rich bars on a terminal and a few plain lines in CI logs (the CLI's, on stderr), nothing at all, or
+events for a library caller's own callback.
 
 stdout stays for results (a digest, a reference, JSON), so scripts can read it while people watch stderr.
 """
@@ -8,20 +9,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable, Protocol, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich is imported by the reporter that draws with it, not by every ``import ocimodel``
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
-from ocimodel.parallel import check
+from ocimodel.parallel import Cancelled, check
 from ocimodel.units import human_size
 
 
@@ -60,6 +55,15 @@ class _RichTask:
 
 class RichReporter:
     def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -138,5 +142,98 @@ class PlainReporter:
 
 
 def make_reporter() -> Reporter:
+    """The CLI's: rich bars on stderr when it is a terminal, plain lines otherwise."""
+    from rich.console import Console
+
     console = Console(stderr=True)
     return RichReporter(console) if console.is_terminal else PlainReporter()
+
+
+class _SilentTask:
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self, note: str = "") -> None:
+        pass
+
+
+class SilentReporter:
+    """No progress at all: the library's default, since a library never prints."""
+
+    def task(self, label: str, total: int) -> Task:
+        return _SilentTask()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where one piece of work (a layer, a blob, a download) stands; ``total`` 0 means nothing had to be done."""
+
+    label: str
+    done: int
+    total: int
+    finished: bool = False
+    #: Set when finished: "unchanged", "skipped", "mounted"... or empty for work done.
+    note: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class _CallbackTask:
+    def __init__(self, callback: ProgressCallback, label: str, total: int) -> None:
+        self._callback, self._label, self._total = callback, label, total
+        self._done = 0
+        callback(ProgressEvent(label, 0, total))
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        self._callback(ProgressEvent(self._label, self._done, self._total))
+
+    def finish(self, note: str = "") -> None:
+        self._callback(ProgressEvent(self._label, self._done, self._total, True, note))
+
+
+class CallbackReporter:
+    """Progress as ``ProgressEvent`` calls. Layers and blobs are worked on by several threads at once, so the
+    callback is called from those threads: it must be quick and thread-safe (raising from it stops the work)."""
+
+    def __init__(self, callback: ProgressCallback) -> None:
+        self._callback = callback
+
+    def task(self, label: str, total: int) -> Task:
+        return _CallbackTask(self._callback, label, total)
+
+    def close(self) -> None:
+        pass
+
+
+class _CancellableTask:
+    def __init__(self, task: Task, stop: threading.Event) -> None:
+        self._task, self._stop = task, stop
+
+    def advance(self, n: int) -> None:
+        if self._stop.is_set():
+            raise Cancelled("cancelled by the caller")
+        self._task.advance(n)
+
+    def finish(self, note: str = "") -> None:
+        self._task.finish(note)
+
+
+class CancellableReporter:
+    """Ends the work within a chunk once the caller's ``stop`` is set: every layer, blob and download reports its
+    progress per chunk, and a job that raises stops the others as a failure or Ctrl-C does."""
+
+    def __init__(self, reporter: Reporter, stop: threading.Event) -> None:
+        self._reporter, self._stop = reporter, stop
+
+    def task(self, label: str, total: int) -> Task:
+        if self._stop.is_set():
+            raise Cancelled("cancelled by the caller")
+        return _CancellableTask(self._reporter.task(label, total), self._stop)
+
+    def close(self) -> None:
+        self._reporter.close()

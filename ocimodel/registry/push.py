@@ -29,6 +29,7 @@ from ocimodel.layout.tarlayer import read_range
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
 from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
+from ocimodel.results import BlobOutcome, PushResult
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.reference import Reference, parse_ecr
 from ocimodel.units import human_size
@@ -66,39 +67,6 @@ class PushOptions:
     #: Upload attempts per blob (fresh sessions); resumes within a session do not count.
     attempts: int = 5
     retry: RetryPolicy = RetryPolicy()
-
-
-@dataclass(frozen=True)
-class BlobOutcome:
-    digest: str
-    size: int
-    outcome: str  # "uploaded", "skipped" or "mounted"
-    source: str | None = None  # the repository a mounted blob came from
-
-
-@dataclass(frozen=True)
-class PushResult:
-    reference: str
-    digest: str
-    media_type: str
-    blobs: tuple[BlobOutcome, ...]
-
-    @property
-    def uri(self) -> str:
-        return f"oci://{self.reference}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "reference": self.reference,
-            "digest": self.digest,
-            "mediaType": self.media_type,
-            "uri": self.uri,
-            "blobs": [
-                {"digest": b.digest, "size": b.size, "outcome": b.outcome, **({"from": b.source} if b.source else {})}
-                for b in self.blobs
-            ],
-            "uploadedBytes": sum(b.size for b in self.blobs if b.outcome == "uploaded"),
-        }
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
 
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import InvalidArgument, OcimodelError
 
 if TYPE_CHECKING:
     from ocimodel.progress import Reporter
@@ -190,7 +190,7 @@ def open_source(
 
     if not spec.startswith(HUB_SCHEME) and Path(spec).exists():
         if revision is not None:
-            raise OcimodelError(f"--revision picks a Hub commit, but {spec} is a local directory; drop --revision")
+            raise InvalidArgument("revision", f"picks a Hub commit, but {spec} is a local directory; leave it out")
         return LocalSource.from_path(Path(spec))
     repo_id = spec.removeprefix(HUB_SCHEME)
     if not _REPO_ID.fullmatch(repo_id):

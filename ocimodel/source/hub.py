@@ -39,7 +39,7 @@ from huggingface_hub.repocard import metadata_load
 from ocimodel import __version__
 from ocimodel.errors import OcimodelError
 from ocimodel.parallel import check, run_all
-from ocimodel.progress import PlainReporter, Reporter, Task
+from ocimodel.progress import Reporter, SilentReporter, Task
 from ocimodel.source import Filters, Provenance, SourceFile, check_model_path, confinement, pin
 from ocimodel.source.local import LocalSource
 
@@ -86,12 +86,10 @@ class HubSource:
 
         Only metadata moves here; a missing repo or revision, or no network, fails before any download.
         """
-        # hf_xet reads this when its session starts (at the first Xet download), so setting it now is in time.
-        os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
         # "main", as every HF tool defaults to: the cache's refs/main then means the same to all of them.
         revision = revision or constants.DEFAULT_REVISION
         cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser().resolve()
-        reporter = reporter or PlainReporter()
+        reporter = reporter or SilentReporter()
         if constants.is_offline_mode():
             return cls._open_cached(repo_id, revision, cache, reporter)
         api = HfApi(library_name="ocimodel", library_version=__version__)

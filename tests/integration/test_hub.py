@@ -202,28 +202,52 @@ def test_filters_that_match_nothing_fail_before_downloading(
 
 
 def test_hub_metadata_reaches_source_files(env: dict[str, str]) -> None:
-    """LFS sha256s end up on SourceFile, and hf_xet's high-performance mode is on unless the user chose otherwise."""
+    """LFS sha256s end up on SourceFile, and the library leaves the environment alone."""
     script = textwrap.dedent(
         """
         import json, os
         from ocimodel.source import Filters, open_source
+        before = dict(os.environ)
         source = open_source("acme/tiny")
         files = source.files(Filters(exclude=("original/",)))
-        print(json.dumps({"xet": os.environ["HF_XET_HIGH_PERFORMANCE"], "lfs": {f.path: f.lfs_sha256 for f in files}}))
+        print(json.dumps({"same": dict(os.environ) == before, "lfs": {f.path: f.lfs_sha256 for f in files}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["same"]
+    assert seen["lfs"] == {
+        path: hashlib.sha256(data).hexdigest() if path.endswith(".safetensors") else None
+        for path, data in without(TINY_MAIN.files, "original/").items()
+    }
+
+
+def test_the_cli_turns_on_hf_xet_high_performance_unless_the_user_chose(env: dict[str, str], tmp_path: Path) -> None:
+    """hf_xet reads its settings when its first download starts; the CLI sets them before, the library never."""
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        from ocimodel import cli
+        sys.argv = ["ocimodel", *sys.argv[1:]]
+        try:
+            cli.main()
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        print(json.dumps([os.environ.get(k) for k in ("HF_XET_HIGH_PERFORMANCE", "HF_XET_CHUNK_CACHE_SIZE_BYTES")]))
         """
     )
     for preset, expected in ((None, "1"), ("0", "0")):
         run_env = env | ({"HF_XET_HIGH_PERFORMANCE": preset} if preset else {})
+        layout = tmp_path / f"layout-{preset}"
         result = subprocess.run(
-            [sys.executable, "-c", script], env=run_env, capture_output=True, text=True, timeout=120, check=False
+            [sys.executable, "-c", script, "pack", "acme/tiny", str(layout), "--base", "scratch"],
+            env=run_env, capture_output=True, text=True, timeout=120, check=False,
         )
         assert result.returncode == 0, result.stderr
-        seen = json.loads(result.stdout.strip().splitlines()[-1])
-        assert seen["xet"] == expected
-        assert seen["lfs"] == {
-            path: hashlib.sha256(data).hexdigest() if path.endswith(".safetensors") else None
-            for path, data in without(TINY_MAIN.files, "original/").items()
-        }
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == [expected, None], "no chunk-cache change for pack"
 
 
 def test_download_progress_is_one_plain_line_per_file_off_a_terminal(env: dict[str, str], tmp_path: Path) -> None:

@@ -21,16 +21,17 @@ from typing import Any
 import pytest
 import requests
 
-import ocimodel.build
+import ocimodel.layout.modellayer
 import ocimodel.layout.tarlayer
 from ocimodel import localdb
-from ocimodel.build import BuildOptions, BuildResult, build, build_with_layout
+from ocimodel.registry.build import BuildOptions, build, build_with_layout
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from ocimodel.layout.store import BlobWriter, Layout
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.registry.auth import Credentials, Keychain
 from ocimodel.registry.client import RegistryClient, RetryPolicy
-from ocimodel.registry.push import PushOptions, PushResult, push
+from ocimodel.registry.push import PushOptions, push
+from ocimodel.results import BuildResult, PushResult
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source.local import LocalSource
 from tests.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
@@ -258,7 +259,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> ReadLog:
     log = ReadLog()
     real_open = open
 
-    class EncodedLayer(ocimodel.build.EncodedLayer):
+    class EncodedLayer(ocimodel.layout.modellayer.EncodedLayer):
         def read(self, start: int, length: int) -> Iterator[bytes]:
             log.ranges.append((start, length))
             return super().read(start, length)
@@ -267,7 +268,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> ReadLog:
         log.opened.append(Path(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(ocimodel.build, "EncodedLayer", EncodedLayer)
+    monkeypatch.setattr(ocimodel.layout.modellayer, "EncodedLayer", EncodedLayer)
     # tarlayer reads every file through ``open``; a module global shadows the builtin for that module alone.
     monkeypatch.setattr(ocimodel.layout.tarlayer, "open", opened, raising=False)
     return log
@@ -293,7 +294,7 @@ def forbid_reading(monkeypatch: pytest.MonkeyPatch, allowed: Sequence[Path] = ()
 
     if not allowed:
         for name in ("EncodedLayer", "tar_chunks", "encode_layer"):
-            monkeypatch.setattr(ocimodel.build, name, refuse(name))
+            monkeypatch.setattr(ocimodel.layout.modellayer, name, refuse(name))
     monkeypatch.setattr(ocimodel.layout.tarlayer, "open", guarded_open, raising=False)
     return attempts
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ocimodel.build import BuildOptions, build
+from ocimodel.registry.build import BuildOptions, build
 from ocimodel.errors import OcimodelError
-from ocimodel.pack import PackOptions
+from ocimodel.layout.pack import PackOptions
 from ocimodel.registry.auth import Keychain
 from ocimodel.registry.client import RegistryClient, RetryPolicy
 from ocimodel.registry.push import PushOptions
@@ -125,7 +125,7 @@ def test_unchanged_layers_are_not_even_downloaded(stub: RegistryStub, hub: FakeH
 
 
 def test_a_layer_larger_than_the_budget_is_refused_before_anything_moves(stub: RegistryStub, hub: FakeHub) -> None:
-    with pytest.raises(OcimodelError, match="more than --disk-budget"):
+    with pytest.raises(OcimodelError, match="disk_budget: layer .* more than the budget"):
         run(stub, hub, "models/tight", SHARD - 1)
     assert hub.fetched == []
     assert not stub.log, "nothing may be sent to the registry"
@@ -134,7 +134,7 @@ def test_a_layer_larger_than_the_budget_is_refused_before_anything_moves(stub: R
 def test_budget_needs_a_staged_source(stub: RegistryStub, tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    with pytest.raises(OcimodelError, match="--disk-budget is for Hub sources"):
+    with pytest.raises(OcimodelError, match="disk_budget: is for Hub sources"):
         run(stub, LocalSource.from_path(tmp_path / "m"), "models/local", 10**9)  # type: ignore[arg-type]
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ocimodel import pack as pack_module
+from ocimodel.layout import modellayer
 from ocimodel.layout.digestcache import DigestCache, layer_key
 from ocimodel.layout.plan import LayerPlan
 from ocimodel.layout.tarlayer import LayerDigests
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source import SourceFile
 from ocimodel.source.local import LocalSource
@@ -70,7 +70,7 @@ def test_second_pack_reads_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def no_reading(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached layer was read again")
 
-    monkeypatch.setattr(pack_module, "tar_chunks", no_reading)
+    monkeypatch.setattr(modellayer, "tar_chunks", no_reading)
     second = pack(LocalSource.from_path(model), tmp_path / "layout", options, PlainReporter())
     assert second == first
     # Without the cache, or with the blob gone from the layout, the files are read again.

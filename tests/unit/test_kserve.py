@@ -15,7 +15,7 @@ from ocimodel.errors import OcimodelError
 from ocimodel.kserve import Resources, Service, manifest, pinned, to_yaml
 from ocimodel.layout.descriptor import sha256_digest
 from ocimodel.layout.store import Layout
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source.local import LocalSource

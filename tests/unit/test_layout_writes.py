@@ -18,7 +18,7 @@ import pytest
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import Platform
 from ocimodel.layout.store import Layout
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
 from tests.registry_stub import Fault, RegistryStub

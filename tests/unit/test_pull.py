@@ -318,14 +318,14 @@ def test_connection_dropped_mid_blob_is_resumed(
 def test_base_mirrors_are_tried_in_order_for_the_same_digest(stub: RegistryStub, layout: Layout, tmp_path: Path) -> None:
     """The first registry lacks the image, the second wants credentials, the third serves it: the image (and the
     annotations naming it, so the digest built on it) is the one the first reference names."""
-    from ocimodel.pack import PackOptions, load_bases
+    from ocimodel.base import load_bases
 
     with RegistryStub() as empty, RegistryStub(Behaviour(auth="basic", users={"u": PASSWORD})) as private:
         manifest = stub.add_image(REPO, layers_for(AMD64), config_for(AMD64))
         digest = manifest["digest"]
         private.add_image(REPO, layers_for(AMD64), config_for(AMD64))
         refs = [f"{host}/{REPO}@{digest}" for host in (empty.host, private.host, stub.host)]
-        [base] = load_bases(PackOptions(base=refs[0], base_mirrors=tuple(refs[1:])), layout)
+        [base] = load_bases(refs[0], [AMD64], layout, mirrors=refs[1:])
         assert base.annotations["org.opencontainers.image.base.name"] == refs[0]
         assert base.annotations["org.opencontainers.image.base.digest"] == digest
         assert layout.has_blob(digest)
@@ -334,36 +334,48 @@ def test_base_mirrors_are_tried_in_order_for_the_same_digest(stub: RegistryStub,
 
         stub.repositories.clear()
         with pytest.raises(OcimodelError) as err:
-            load_bases(PackOptions(base=refs[0], base_mirrors=tuple(refs[1:])), Layout.create(tmp_path / "other"))
+            load_bases(refs[0], [AMD64], Layout.create(tmp_path / "other"), mirrors=refs[1:])
     message = str(err.value)
     assert message.startswith(f"cannot fetch base image {digest} from any of {empty.host}, {private.host}, {stub.host} (")
     assert "\n" not in message and "OCIMODEL_BASE_IMAGE" in message
 
 
 def test_mirrors_must_name_one_digest(stub: RegistryStub, layout: Layout) -> None:
-    from ocimodel.pack import PackOptions, load_bases
+    from ocimodel.base import load_bases
 
     one, other = f"{stub.host}/{REPO}@sha256:{'a' * 64}", f"{stub.host}/{REPO}@sha256:{'b' * 64}"
     with pytest.raises(OcimodelError, match="must name one digest"):
-        load_bases(PackOptions(base=one, base_mirrors=(other,)), layout)
+        load_bases(one, [AMD64], layout, mirrors=(other,))
     assert stub.log == []
 
 
-def test_default_base_comes_with_its_mirrors_and_a_team_base_with_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ocimodel import cli
-    from ocimodel.pack import DEFAULT_BASE, DEFAULT_BASE_MIRRORS
+def test_default_base_comes_with_its_mirrors_and_a_team_base_with_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ocimodel
+    from ocimodel.base import DEFAULT_BASE, DEFAULT_BASE_MIRRORS
+
+    class Seen(Exception):
+        pass
 
     seen: list[tuple[str, tuple[str, ...]]] = []
-    monkeypatch.setattr("ocimodel.pack.load_base", lambda text, p, layout, plain, mirrors: seen.append((text, mirrors)))
-    from ocimodel.pack import load_bases
 
-    def options(base: str | None) -> Any:
-        return cli._pack_options(base, "linux/amd64", "latest", cli.Compression.none, [], [], None, False, False, [], [])
+    def record(text: str, platform: Platform, layout: Layout, plain: bool, mirrors: tuple[str, ...]) -> None:
+        seen.append((text, tuple(mirrors)))
+        raise Seen
 
-    load_bases(options(None), None)  # type: ignore[arg-type]
+    monkeypatch.setattr("ocimodel.base.load_base", record)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+
+    def pack(base: str | None) -> None:
+        with pytest.raises(Seen):
+            ocimodel.pack(tmp_path / "model", tmp_path / "layout", base=base)
+
+    pack(None)
     monkeypatch.setenv("OCIMODEL_BASE_IMAGE", f"registry.example.com/team/base@sha256:{'c' * 64}")
-    load_bases(options(None), None)  # type: ignore[arg-type]
-    load_bases(options("scratch"), None)  # type: ignore[arg-type]
+    pack(None)
+    pack("scratch")
     digests = {parse_reference(m).digest for m in DEFAULT_BASE_MIRRORS}
     assert digests == {parse_reference(DEFAULT_BASE).digest}
     assert {parse_reference(m).api_host for m in DEFAULT_BASE_MIRRORS} == {"registry-1.docker.io", "mirror.gcr.io"}

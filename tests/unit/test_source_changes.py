@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ocimodel.build import BuildOptions, build
+from ocimodel.registry.build import BuildOptions, build
 from ocimodel.errors import OcimodelError
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.registry.auth import Keychain
 from ocimodel.registry.client import RegistryClient, RetryPolicy

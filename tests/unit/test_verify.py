@@ -34,7 +34,7 @@ from ocimodel.layout.descriptor import (
     Platform,
 )
 from ocimodel.layout.store import Layout
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
 from ocimodel import verify as verify_module

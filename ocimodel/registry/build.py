@@ -17,7 +17,6 @@ neither read nor sent. So one pass is the default, and ``two_pass`` stays for th
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -26,22 +25,23 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator
 
-from ocimodel import localdb
-from ocimodel.errors import OcimodelError
+from ocimodel.base import base_store, load_bases
+from ocimodel.errors import InvalidArgument
 from ocimodel.layout.descriptor import OCI_LAYER, Descriptor
-from ocimodel.layout.digestcache import DigestCache, layer_key
 from ocimodel.layout.image import Layer, assemble, base_layers
+from ocimodel.layout.modellayer import ModelLayer
+from ocimodel.layout.pack import PackOptions, image_annotations, model_layers
 from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
-from ocimodel.layout.tarlayer import Discard, EncodedLayer, LayerDigests, encode_layer, tar_chunks, tar_size
-from ocimodel.pack import PackOptions, image_annotations, layer_of, load_bases
+from ocimodel.layout.tarlayer import Discard, LayerDigests
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter, stoppable
 from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
-from ocimodel.registry.push import BlobOutcome, Pusher, PushOptions, PushResult, Upload, layout_upload
+from ocimodel.registry.push import Pusher, PushOptions, Upload, layout_upload
 from ocimodel.registry.push import refuse_oversized_layers
 from ocimodel.registry.reference import Reference
+from ocimodel.results import BlobOutcome, BuildResult, PushResult
 from ocimodel.source import Source, StagedSource, confinement, pin
 from ocimodel.units import human_size
 
@@ -82,23 +82,6 @@ class ByteBudget:
                 self._cond.notify_all()
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    push: PushResult
-    #: Wall seconds per phase: ``source`` (listing, and downloading a Hub repo), ``layers`` (hash and upload),
-    #: ``manifest``.
-    phases: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, object]:
-        skipped = sum(b.size for b in self.push.blobs if b.outcome in ("skipped", "mounted"))
-        return {**self.push.to_json(), "skippedBytes": skipped, "seconds": {k: round(v, 3) for k, v in self.phases.items()}}
-
-
-def base_store() -> Layout:
-    """Where base images are kept between builds: a layout in the user's cache, so a build pulls a base once."""
-    return Layout.create(localdb.default_path().parent / "bases")
-
-
 def build(
     source: Source,
     ref: Reference,
@@ -112,39 +95,38 @@ def build(
     pack_options = options.pack
     staged = source if isinstance(source, StagedSource) else None
     if options.disk_budget is not None and staged is None:
-        raise OcimodelError("--disk-budget is for Hub sources: a local directory is on disk already")
+        raise InvalidArgument("disk_budget", "is for Hub sources: a local directory is on disk already")
     files = staged.planned(pack_options.filters) if staged else source.files(pack_options.filters)
-    plans = plan_layers(files)
+    layers = model_layers(plan_layers(files), pack_options)
     if pack_options.compression == "none":  # sizes known before any download; compressed ones once hashed
-        refuse_oversized_layers(client.registry, ((f"layer {p.title}", tar_size(p.members())) for p in plans))
+        refuse_oversized_layers(client.registry, ((f"layer {layer.title}", layer.tar_size) for layer in layers))
     budget = ByteBudget(options.disk_budget) if options.disk_budget is not None else None
     if budget is not None:
-        os.environ.setdefault("HF_XET_CHUNK_CACHE_SIZE_BYTES", "0")  # hf_xet's chunk cache would be a second copy
-        for plan in plans:
-            if plan.size > budget.total:
-                raise OcimodelError(
-                    f"layer {plan.title} needs {human_size(plan.size)} on disk, more than --disk-budget "
-                    f"{human_size(budget.total)}; raise the budget"
+        for layer in layers:
+            if layer.plan.size > budget.total:
+                raise InvalidArgument(
+                    "disk_budget", f"layer {layer.title} needs {human_size(layer.plan.size)} on disk, more than the "
+                    f"budget of {human_size(budget.total)}; raise the budget"
                 )
     phases["source"] = time.monotonic() - started
 
     started = time.monotonic()
     store = base_store()
-    bases = load_bases(pack_options, store)
+    bases = load_bases(pack_options.base, pack_options.platforms, store, pack_options.plain_http,
+                       pack_options.base_mirrors)
     pusher = Pusher(client, ref.repository, options.push, reporter, known)
     pusher.check_access()
-    cache = DigestCache() if pack_options.use_cache else None
-    context = _Context(pusher, pack_options.compression, cache, options.two_pass, reporter, staged, budget)
-    layer_jobs = [partial(_model_layer, plan, context) for plan in plans]
+    context = _Context(pusher, options.two_pass, reporter, staged, budget)
+    layer_jobs = [partial(_model_layer, layer, context) for layer in layers]
     base_descs = {d.digest: d for pb in bases for d in base_layers(pb.base)}  # platforms may share base layers
     base_jobs = [partial(_base_layer, store, desc, pusher) for desc in base_descs.values()]
     results = run_all(lambda job, stop: job(stop), [*layer_jobs, *base_jobs], options.push.jobs, "build")
-    layers = [layer for layer, _ in results[: len(plans)] if layer is not None]
+    built = [layer for layer, _ in results[: len(layers)] if layer is not None]
     outcomes = [outcome for _, outcome in results]
     phases["layers"] = time.monotonic() - started
 
     started = time.monotonic()
-    image = assemble(bases, layers, image_annotations(source.provenance, pack_options.annotations), pack_options.labels)
+    image = assemble(bases, built, image_annotations(source.provenance, pack_options.annotations), pack_options.labels)
     outcomes += pusher.push_all(Upload.of_bytes(c.data, c.descriptor.digest, "config") for c in image.configs)
     if len(image.manifests) > 1:
         for manifest in image.manifests:
@@ -161,78 +143,58 @@ def build(
 @dataclass(frozen=True)
 class _Context:
     pusher: Pusher
-    compression: str
-    cache: DigestCache | None
     two_pass: bool
     reporter: Reporter
     staged: StagedSource | None
     budget: ByteBudget | None
 
 
-def _model_layer(plan: LayerPlan, ctx: _Context, stop: threading.Event) -> tuple[Layer, BlobOutcome]:
+def _model_layer(layer: ModelLayer, ctx: _Context, stop: threading.Event) -> tuple[Layer, BlobOutcome]:
     """One layer from files to registry; its digest from the cache, a hashing pass, or the upload itself.
 
     A layer the registry already has (by cached digest) is not even downloaded. Otherwise its files are fetched
     (Hub sources), sent, and, under a disk budget, deleted.
     """
-    digests = _cached(plan, ctx)
+    digests = layer.cached()
     if digests is not None and ctx.pusher.client.head_blob(ctx.pusher.repository, digests.digest) is not None:
-        ctx.reporter.task(plan.title, 0).finish("unchanged")
-        return layer_of(plan, digests), BlobOutcome(digests.digest, digests.size, "skipped")
-    with ctx.budget.hold(plan.size, stop) if ctx.budget else nullcontext():
+        ctx.reporter.task(layer.title, 0).finish("unchanged")
+        return layer.layer(digests), BlobOutcome(digests.digest, digests.size, "skipped")
+    with ctx.budget.hold(layer.plan.size, stop) if ctx.budget else nullcontext():
         if ctx.staged is not None:
-            ctx.staged.fetch(plan.files, stop)
+            ctx.staged.fetch(layer.plan.files, stop)
             # Every read from here on (hashing, upload, retries) checks it is this file.
-            plan = LayerPlan(tuple(pin(f, confinement(ctx.staged.root)) for f in plan.files))
+            layer = layer.with_plan(LayerPlan(tuple(pin(f, confinement(ctx.staged.root)) for f in layer.plan.files)))
         try:
             # A cached digest was just looked up and found missing; one looked up after the fetch was not.
-            layer = _send_layer(plan, ctx, digests or _cached(plan, ctx), stop, absent=digests is not None)
+            return _send_layer(layer, ctx, digests or layer.cached(), stop, absent=digests is not None)
         finally:
             if ctx.budget is not None and ctx.staged is not None:
-                ctx.staged.release(plan.files)
-    return layer
-
-
-def _cached(plan: LayerPlan, ctx: _Context) -> LayerDigests | None:
-    """The digests the cache holds for this layer, if its files can be identified (Hub LFS ids, or on disk)."""
-    if ctx.cache is None or not all(f.lfs_sha256 or f.local.exists() for f in plan.files):
-        return None
-    return ctx.cache.get(layer_key(plan, ctx.compression))
+                ctx.staged.release(layer.plan.files)
 
 
 def _send_layer(
-    plan: LayerPlan, ctx: _Context, digests: LayerDigests | None, stop: threading.Event, absent: bool = False
+    layer: ModelLayer, ctx: _Context, digests: LayerDigests | None, stop: threading.Event, absent: bool = False
 ) -> tuple[Layer, BlobOutcome]:
-    members = plan.members()
-    if digests is None and (ctx.two_pass or ctx.compression != "none"):
+    if digests is None and (ctx.two_pass or layer.compression != "none"):
         # A compressed layer's size is only known once compressed, and an upload must announce it.
-        digests = _hash_layer(plan, ctx.compression, ctx.reporter, stop)
-    size = digests.size if digests else tar_size(members)
-    # One reader per upload: its chunks continue one compression stream instead of compressing again from zero.
-    upload = Upload(size, digests.digest if digests else None, EncodedLayer(members, ctx.compression).read,
-                    plan.title)
+        task = ctx.reporter.task(f"hash {layer.title}", layer.tar_size)
+        digests = layer.encode(Discard(), stoppable(task, stop))
+        task.finish()
+    size = digests.size if digests else layer.tar_size
+    upload = Upload(size, digests.digest if digests else None, layer.reader().read, layer.title)
     try:
         outcome = ctx.pusher.push_blob(upload, stop, absent=absent)
     except RegistryError as exc:
-        if digests is None or ctx.cache is None or "DIGEST_INVALID" not in exc.codes:
+        if digests is None or layer.cache is None or "DIGEST_INVALID" not in exc.codes:
             raise
         # The cache's digest no longer matches the bytes (a file rewritten with its size and mtime kept): forget
         # it and send the layer again, hashing it as it goes.
-        ctx.cache.forget(layer_key(plan, ctx.compression))
-        return _send_layer(plan, ctx, None, stop)
+        layer.forget()
+        return _send_layer(layer, ctx, None, stop)
     if digests is None:
         digests = LayerDigests(OCI_LAYER, outcome.digest, size, outcome.digest)
-    if ctx.cache is not None:
-        ctx.cache.put(layer_key(plan, ctx.compression), digests)
-    return layer_of(plan, digests), outcome
-
-
-def _hash_layer(plan: LayerPlan, compression: str, reporter: Reporter, stop: threading.Event) -> LayerDigests:
-    members = plan.members()
-    task = reporter.task(f"hash {plan.title}", tar_size(members))
-    digests = encode_layer(tar_chunks(members), compression, Discard(), stoppable(task, stop))
-    task.finish()
-    return digests
+    layer.remember(digests)
+    return layer.layer(digests), outcome
 
 
 def _base_layer(store: Layout, desc: Descriptor, pusher: Pusher, stop: threading.Event) -> tuple[None, BlobOutcome]:
@@ -249,7 +211,7 @@ def build_with_layout(
     known: KnownBlobs | None = None,
 ) -> BuildResult:
     """``--layout``: keep an OCI layout too, by packing into it and pushing from it (the disk is the user's choice)."""
-    from ocimodel.pack import pack
+    from ocimodel.layout.pack import pack
     from ocimodel.registry.push import push
 
     started = time.monotonic()
