@@ -140,14 +140,21 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 _FLAGS = {"platforms": "--platform", "modes": "--mode", "ref": "REF", "image": "IMAGE", "pushed_to": "--ref"}
 
 
+#: Exit status of a usage error (typer's own are 2 as well); 1 stays for failures.
+EXIT_USAGE = 2
+
+
 @contextmanager
 def _usage() -> Iterator[None]:
-    """The API's argument errors as the CLI's usage errors (exit 2), naming the flag instead of the keyword."""
+    """The API's argument errors as the CLI's: one line naming the flag instead of the keyword, exit 2."""
     try:
         yield
     except InvalidArgument as exc:
+        if _State.debug:
+            raise
         hint = _FLAGS.get(exc.argument, "--" + exc.argument.replace("_", "-"))
-        raise typer.BadParameter(exc.reason, param_hint=hint) from None
+        print(f"ocimodel: error: {hint}: {exc.reason}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 def _registry(plain_http: bool, username: str | None, password_stdin: bool, host: str | None) -> api.Registry:

@@ -190,8 +190,9 @@ class Report:
     layers: tuple[tuple[Descriptor, LayerContents], ...]
 
     @property
-    def failed(self) -> bool:
-        return any(c.result is Result.FAIL for c in self.checks)
+    def ok(self) -> bool:
+        """No check failed (warnings and skipped checks leave it True)."""
+        return all(c.result is not Result.FAIL for c in self.checks)
 
     def mode_results(self) -> dict[str, Result]:
         return {
@@ -204,7 +205,7 @@ class Report:
             "image": self.name,
             "digest": self.digest,
             "platform": str(self.platform),
-            "ok": not self.failed,
+            "ok": self.ok,
             "modes": {m: r.value for m, r in self.mode_results().items()},
             "checks": [c.to_json() for c in self.checks],
             "layers": [

@@ -79,7 +79,7 @@ def parse_reference(text: str) -> Reference:
             # ``user:password@host/repo``: refuse it without repeating it, since the password is in it.
             raise ValueError(
                 "an image reference cannot carry credentials (user:password@host/...), and what follows '@' is not a "
-                "digest: log in with docker login or --username/--password-stdin"
+                "digest: log in with docker login, or give the credentials separately"
             )
         raise ValueError(f"invalid digest in {original!r}: expected sha256: followed by 64 lowercase hex digits")
     tag: str | None = None

@@ -81,7 +81,7 @@ def check_model_path(path: str) -> None:
         if part.startswith(WHITEOUT_PREFIX):
             raise OcimodelError(
                 f"{path}: names starting with {WHITEOUT_PREFIX} are whiteouts in image layers (unpacking one deletes "
-                "another file); rename it or --exclude it"
+                "another file); rename it or exclude it"
             )
         if part in ("", ".", ".."):
             raise OcimodelError(f"{path!r} is not a plain relative path; it cannot go under /models")

@@ -121,7 +121,7 @@ class HubSource:
         if not commit or not snapshot.is_dir():
             raise OcimodelError(
                 f"HF_HUB_OFFLINE is set and {repo_id}@{revision} is not in the HF cache {cache}; "
-                "unset HF_HUB_OFFLINE to download it, or point --cache-dir/HF_HUB_CACHE at a cache that has it"
+                "unset HF_HUB_OFFLINE to download it, or point the Hub cache (HF_HUB_CACHE) at one that has it"
             )
         provenance = _provenance(repo_id, commit, _cached_license(snapshot / "README.md"))
         return cls(repo_id, revision, commit, cache, provenance, reporter, None)
@@ -160,7 +160,7 @@ class HubSource:
         wanted = [f for f in self.listing if filters.allows(f.path)]
         if not wanted:
             raise OcimodelError(
-                f"no file of {self.repo_id}@{self.commit} matches --include/--exclude "
+                f"no file of {self.repo_id}@{self.commit} matches the include/exclude patterns "
                 f"(it has {len(self.listing)}: check the globs)"
             )
         for f in wanted:
@@ -351,7 +351,7 @@ def _explained(repo_id: str, revision: str) -> Iterator[None]:
             "then set HF_TOKEN to an access token of that account"
         ) from exc
     except RevisionNotFoundError as exc:
-        raise OcimodelError(f"{repo_id} has no branch, tag or commit {revision!r}; check --revision") from exc
+        raise OcimodelError(f"{repo_id} has no branch, tag or commit {revision!r}; check the revision") from exc
     except RepositoryNotFoundError as exc:
         raise OcimodelError(
             f"{repo_id} not found on {endpoint}: check the repo id; if it is private, set HF_TOKEN to a token that can "
@@ -379,6 +379,6 @@ def _explained(repo_id: str, revision: str) -> Iterator[None]:
         ) from exc
     except OSError as exc:  # after the network ones: a full or read-only HF cache
         raise OcimodelError(
-            f"cannot write {repo_id} into the HF cache: {exc.strerror or exc}; free space, or point --cache-dir or "
-            "HF_HUB_CACHE elsewhere"
+            f"cannot write {repo_id} into the HF cache: {exc.strerror or exc}; free space, or point the Hub cache "
+            "(HF_HUB_CACHE) elsewhere"
         ) from exc

@@ -41,7 +41,7 @@ class LocalSource:
         found: list[SourceFile] = []
         self._walk(self.root, "", confinement(self.root), filters, found, {self.root})
         if not found:
-            raise OcimodelError(f"no files to pack in {self.root} (check --include/--exclude)")
+            raise OcimodelError(f"no files to pack in {self.root} (check the include/exclude patterns)")
         return sorted(found, key=lambda f: f.sort_key)
 
     def _walk(
@@ -86,7 +86,7 @@ class LocalSource:
             elif not stat.S_ISREG(st.st_mode):
                 raise OcimodelError(f"{path} is not a regular file or directory (socket, device or fifo); remove it")
             elif not os.access(real, os.R_OK):
-                raise OcimodelError(f"cannot read {path}: permission denied; make it readable or --exclude it")
+                raise OcimodelError(f"cannot read {path}: permission denied; make it readable or exclude it")
             else:
                 check_model_path(rel)
                 found.append(SourceFile(rel, real, st.st_size, identity=FileIdentity.of(st)))

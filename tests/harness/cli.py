@@ -11,9 +11,10 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
     return f"{' '.join(map(str, result.args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
-def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Exit 1, nothing on stdout, exactly one ``ocimodel: error:`` line on stderr mentioning every fragment."""
-    assert result.returncode == 1, explain(result)
+def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> str:
+    """Exit ``code`` (2: a usage error), nothing on stdout, exactly one ``ocimodel: error:`` line on stderr
+    mentioning every fragment."""
+    assert result.returncode == code, explain(result)
     assert "Traceback" not in result.stdout + result.stderr, explain(result)
     assert result.stdout == "", explain(result)
     lines = result.stderr.splitlines()

@@ -196,7 +196,7 @@ def test_filters_that_match_nothing_fail_before_downloading(
     mark = hub.mark()
     result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--include", "*.gguf")
 
-    assert_clean_error(result, "acme/tiny", "--include")
+    assert_clean_error(result, "acme/tiny", "include/exclude")
     assert hub.file_requests_since(mark) == []
     assert not (tmp_path / "layout").exists()
 
@@ -320,7 +320,7 @@ def test_unknown_repo(env: dict[str, str], tmp_path: Path) -> None:
 def test_unknown_revision(env: dict[str, str], tmp_path: Path) -> None:
     result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--revision", "v9")
 
-    assert_clean_error(result, "acme/tiny", "'v9'", "--revision")
+    assert_clean_error(result, "acme/tiny", "'v9'", "check the revision")
     assert not (tmp_path / "layout").exists()
 
 
@@ -373,7 +373,7 @@ def test_revision_does_not_apply_to_a_directory(env: dict[str, str], tmp_path: P
     (model / "config.json").write_text("{}")
 
     result = ocimodel(env, "pack", str(model), str(tmp_path / "layout"), "--base", "scratch", "--revision", "main")
-    assert_clean_error(result, str(model), "--revision")
+    assert_clean_error(result, str(model), "--revision", code=2)
 
 
 def test_source_that_is_neither_directory_nor_repo_id(env: dict[str, str], tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def test_a_model_on_a_busybox_like_base_passes_every_mode(tmp_path: Path) -> Non
     digest = rebase(layout).digest
     report = check(layout)
     assert set(results(report).values()) == {Result.PASS}, report.table()
-    assert not report.failed
+    assert report.ok
     assert report.digest == digest
     assert report.mode_results() == {"modelcar": Result.PASS, "native": Result.PASS, "fetch": Result.PASS}
     assert detail(report, "modelcar.models") == "/models holds 3 file(s)"
@@ -217,7 +217,7 @@ def test_only_the_checks_of_the_chosen_modes_run(tmp_path: Path) -> None:
         "native.models", "limits.layers", "limits.layer-size", "limits.manifest-size", "limits.zstd", "node.pull",
         "image.checkable", "files.readable", "files.special",
     }
-    assert not report.failed  # the missing shell only matters to the modelcar
+    assert report.ok  # the missing shell only matters to the modelcar
 
 
 # --- modelcar ----------------------------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_an_index_is_checked_for_the_nodes_platform(tmp_path: Path) -> None:
     arm_manifest = rebase(amd, base=[plain(tar(M("etc", "dir")))], platform=ARM64)  # same layout, no shell
     index_of(amd, [(amd_manifest, AMD64), (arm_manifest, ARM64)])
     on_amd, on_arm = check(amd, AMD64), check(amd, ARM64)
-    assert not on_amd.failed, on_amd.table()
+    assert on_amd.ok, on_amd.table()
     assert "index has linux/amd64, linux/arm64" in detail(on_amd, "modelcar.platform")
     assert results(on_arm)["modelcar.tools"] is Result.FAIL
     assert on_amd.digest == on_arm.digest == Layout.open(amd).tags()["latest"].digest  # the index's digest
@@ -503,7 +503,7 @@ def test_big_one_file_layers_of_ours_are_judged_from_their_annotations(tmp_path:
     assert hows == ["read", "read", "annotations"]
     assert _model_layer_digests(layout)[0] not in store.opened and len(store.opened) == 2
     assert (Entry("models/model.safetensors", "models/model.safetensors", Kind.FILE, 0o644)) in image.contents[2].entries
-    assert not judge(image, AMD64).failed
+    assert judge(image, AMD64).ok
 
 
 def test_quick_reads_skip_big_layers_and_the_checks_that_need_them(tmp_path: Path) -> None:
