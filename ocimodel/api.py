@@ -25,13 +25,13 @@ from ocimodel.base import DEFAULT_BASE
 from ocimodel.errors import InvalidArgument
 from ocimodel.kserve import KINDS, SCHEMES
 from ocimodel.layout.descriptor import Platform
-from ocimodel.parallel import check
+from ocimodel.parallel import check as check_stop
 from ocimodel.progress import CallbackReporter, CancellableReporter, ProgressCallback, Reporter, SilentReporter
 from ocimodel.registry.reference import Reference, is_tag, parse_reference
 from ocimodel.results import BuildResult, PackResult, PushResult
 
 if TYPE_CHECKING:
-    from ocimodel.registry.client import RegistryClient
+    from ocimodel.registry.client import RegistryClient, RetryPolicy
     from ocimodel.source import Source
     from ocimodel.verify import Report
 
@@ -58,6 +58,7 @@ class Registry:
     """Connections to registries, reused across calls: one per host, with its login, for callers that push many
     images. Use it as a context manager (or call ``close``).
 
+    ``retry`` sets how often and how patiently failed requests and uploads are tried again (``RetryPolicy``).
     ``credentials`` maps a registry host (as written in references: ``ghcr.io``, ``localhost:5000``) to a user name
     and password or token; hosts not in it use what docker does (``REGISTRY_AUTH_FILE``, ``~/.docker/config.json``,
     credential helpers) and, for ECR, the AWS credentials boto3 finds. Loopback registries are spoken to over plain
@@ -71,12 +72,16 @@ class Registry:
         plain_http: bool = False,
         jobs: int = DEFAULT_JOBS,
         remember_blobs: bool = True,
+        retry: RetryPolicy | None = None,
     ) -> None:
         from ocimodel.registry.auth import Credentials, default_keychain
+        from ocimodel.registry.client import RetryPolicy
         from ocimodel.registry.known import KnownBlobs
 
         self.plain_http = plain_http
         self.jobs = _jobs(jobs)
+        #: How requests and uploads are retried: attempts, backoff, and the sleep used between them.
+        self.retry = retry or RetryPolicy()
         self._keychain = default_keychain(
             {host: Credentials(user, password) for host, (user, password) in (credentials or {}).items()}
         )
@@ -91,7 +96,9 @@ class Registry:
 
         with self._lock:
             if registry not in self._clients:
-                self._clients[registry] = RegistryClient(registry, plain_http=self.plain_http, keychain=self._keychain)
+                self._clients[registry] = RegistryClient(
+                    registry, plain_http=self.plain_http, keychain=self._keychain, retry=self.retry
+                )
             return self._clients[registry]
 
     def close(self) -> None:
@@ -122,7 +129,7 @@ class _Session:
         self.stop = stop
 
     def check(self) -> None:
-        check(self.stop)
+        check_stop(self.stop)
 
     def __enter__(self) -> _Session:
         self.check()
@@ -279,6 +286,7 @@ def pack(
     use_cache: bool = True,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
+    check: bool = True,
     plain_http: bool = False,
     progress: Progress = None,
     stop: threading.Event | None = None,
@@ -290,7 +298,8 @@ def pack(
     ``"scratch"``; by default ``$OCIMODEL_BASE_IMAGE``, else busybox. Several ``platforms`` make the tag point at an
     index whose images share the model layers. ``include``/``exclude`` are globs on paths in the model; excluded
     Hub files are not even downloaded. ``use_cache=False`` hashes every layer again even if its files did not
-    change. ``jobs`` layers are built at once (default: CPUs, at most 4).
+    change. ``jobs`` layers are built at once (default: CPUs, at most 4). ``check`` reads the image back
+    (manifests, configs, small layers) for the result's ``warnings``.
     """
     from ocimodel.layout.pack import pack as write_image
     from ocimodel.verify import layout_warnings
@@ -304,9 +313,8 @@ def pack(
         model = _open_source(source, revision, cache_dir, session.reporter)
         session.check()
         top = write_image(model, layout_dir, options, session.reporter)
-    return PackResult(
-        top.digest, top.size, top.media_type, layout_dir, options.tag, tuple(layout_warnings(layout_dir, options.tag))
-    )
+    warnings = tuple(layout_warnings(layout_dir, options.tag)) if check else ()
+    return PackResult(top.digest, top.size, top.media_type, layout_dir, options.tag, warnings)
 
 
 def push(
@@ -317,6 +325,7 @@ def push(
     jobs: int | None = None,
     chunk_size: int | None = None,
     mount_from: Sequence[str] = (),
+    check: bool = True,
     registry: Registry | None = None,
     plain_http: bool = False,
     progress: Progress = None,
@@ -328,7 +337,8 @@ def push(
     that one. Blobs the registry has are skipped, blobs seen in ``mount_from`` repositories (or, as recorded by
     ``registry``, elsewhere on the same registry) are mounted, the rest go up ``jobs`` at a time, in chunks of
     ``chunk_size`` bytes that resume after a failure (0: whole blobs; ECR gets whole blobs by default).
-    The result's ``reference`` is ``host/repo@sha256:…`` and ``uri`` its ``oci://`` form.
+    The result's ``reference`` is ``host/repo@sha256:…`` and ``uri`` its ``oci://`` form; with ``check``, its
+    ``warnings`` come from reading the layout's image (manifests, configs, small layers).
     """
     from ocimodel.layout.store import Layout
     from ocimodel.registry.push import DEFAULT_CHUNK_SIZE, PushOptions
@@ -343,13 +353,14 @@ def push(
             jobs=_jobs(jobs) if jobs else session.registry.jobs,
             chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size,
             mount_from=tuple(mount_from),
+            retry=session.registry.retry,
         )
         source = Layout.open(Path(layout))
         result = push_layout(
             source, target, tag=tag, options=options, reporter=session.reporter,
             client=session.registry.client(target.registry), known=session.registry.known,
         )
-    return replace(result, warnings=tuple(layout_warnings(Path(layout), tag)))
+    return replace(result, warnings=tuple(layout_warnings(Path(layout), tag)) if check else ())
 
 
 def build(
@@ -372,6 +383,7 @@ def build(
     layout: PathLike | None = None,
     disk_budget: int | None = None,
     two_pass: bool = False,
+    check: bool = True,
     registry: Registry | None = None,
     plain_http: bool = False,
     progress: Progress = None,
@@ -383,7 +395,8 @@ def build(
     Options are ``pack``'s and ``push``'s. ``layout`` also keeps the image as an OCI layout there (by packing into
     it and pushing from it: the disk of a copy). ``disk_budget`` (bytes, Hub sources) bounds the model bytes on
     disk at once: files are downloaded per layer and deleted once sent. ``two_pass`` hashes each layer before
-    uploading it (for benchmarks). Hub sources are downloaded with huggingface_hub; for its fastest downloads set
+    uploading it (for benchmarks). ``check`` reads the image back (manifests, configs, small layers) for the
+    result's ``warnings``. Hub sources are downloaded with huggingface_hub; for its fastest downloads set
     ``HF_XET_HIGH_PERFORMANCE=1`` (and, under a disk budget, ``HF_XET_CHUNK_CACHE_SIZE_BYTES=0``) in the
     environment before importing it, as the CLI does.
     """
@@ -406,7 +419,7 @@ def build(
             ),
             push=PushOptions(
                 jobs=jobs, chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size,
-                mount_from=tuple(mount_from),
+                mount_from=tuple(mount_from), retry=session.registry.retry,
             ),
             two_pass=two_pass,
             disk_budget=disk_budget,
@@ -417,10 +430,10 @@ def build(
         if layout is not None:
             result = build_with_layout(model, target, Path(layout), options, session.reporter, client,
                                        session.registry.known)
-            warnings = layout_warnings(Path(layout), options.pack.tag)
+            warnings = layout_warnings(Path(layout), options.pack.tag) if check else []
         else:
             result = stream_image(model, target, options, session.reporter, client, session.registry.known)
-            warnings = registry_warnings(client, target.with_digest(result.digest))
+            warnings = registry_warnings(client, target.with_digest(result.digest)) if check else []
     return replace(result, warnings=tuple(warnings))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+import ocimodel
 import ocimodel.layout.modellayer
 import ocimodel.layout.tarlayer
 from ocimodel import localdb
@@ -134,20 +135,29 @@ class Builder:
         use_cache: bool = True,
         two_pass: bool = False,
         layout: Path | None = None,
-        **push_options: Any,
+        chunk_size: int = CHUNK,
     ) -> BuildResult:
-        push_options.setdefault("chunk_size", CHUNK)
-        options = BuildOptions(
-            pack=PackOptions(base=base, compression=compression, use_cache=use_cache),
-            push=PushOptions(retry=RetryPolicy(sleep=self.push_sleeps.append), **push_options),
-            two_pass=two_pass,
-        )
-        ref = parse_reference(f"{self.registry or self.stub.host}/{repo}:{tag}")
-        model = LocalSource.from_path(source)
-        with self.client() as client:
-            if layout is not None:
-                return build_with_layout(model, ref, layout, options, self.reporter, client)
-            return build(model, ref, options, self.reporter, client)
+        with _StubRegistry(self) as registry:
+            return ocimodel.build(
+                source, f"{self.registry or self.stub.host}/{repo}:{tag}", base=base, compression=compression,
+                use_cache=use_cache, two_pass=two_pass, layout=layout, chunk_size=chunk_size, check=False,
+                registry=registry, progress=self.reporter,
+            )
+
+
+class _StubRegistry(ocimodel.Registry):
+    """The API's registry with the builder's client (its credentials, session and sleeps) and push policy."""
+
+    def __init__(self, builder: Builder) -> None:
+        super().__init__(retry=RetryPolicy(sleep=builder.push_sleeps.append), remember_blobs=False)
+        self._client = builder.client()
+
+    def client(self, registry: str) -> RegistryClient:
+        assert registry == self._client.registry
+        return self._client
+
+    def close(self) -> None:
+        self._client.close()
 
 
 @pytest.fixture
@@ -653,7 +663,7 @@ def test_layout_option_keeps_the_image_and_pushes_it(stub: RegistryStub, builder
     source = make_model(tmp_path / "model")
     result = builder(source, tag="v1", layout=tmp_path / "kept")
     kept = Layout.open(tmp_path / "kept")
-    assert set(kept.tags()) == {"latest"} and kept.tags()["latest"].digest == result.push.digest
+    assert set(kept.tags()) == {"v1"} and kept.tags()["v1"].digest == result.push.digest  # the tag it was pushed as
     image = packed(tmp_path / "kept", result.push.digest)
     assert_holds(stub, result, image, tag="v1")
     assert set(result.phases) == {"pack", "push"}
