@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ocimodel import localdb
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import InvalidArgument
 from ocimodel.layout.descriptor import Platform
 from ocimodel.layout.image import Base, PlatformBase, scratch
 from ocimodel.layout.store import Layout
@@ -48,7 +48,7 @@ def load_base(
         try:
             refs.append(parse_reference(text))
         except ValueError as exc:
-            raise OcimodelError(f"base image {text!r}: {exc}") from None
+            raise InvalidArgument("base", f"{text!r}: {exc}") from None
     pulled = pull_first(refs, platform, layout, plain_http=plain_http)
     return PlatformBase(platform, Base(pulled.manifest_json, pulled.config_json), {
         ANNOTATION_BASE_NAME: ref_text,

@@ -145,14 +145,15 @@ EXIT_USAGE = 2
 
 
 @contextmanager
-def _usage() -> Iterator[None]:
-    """The API's argument errors as the CLI's: one line naming the flag instead of the keyword, exit 2."""
+def _usage(**arguments: str) -> Iterator[None]:
+    """The API's argument errors as the CLI's: one line naming the flag (or, as given in ``arguments``, the
+    positional argument) instead of the keyword, exit 2."""
     try:
         yield
     except InvalidArgument as exc:
         if _State.debug:
             raise
-        hint = _FLAGS.get(exc.argument, "--" + exc.argument.replace("_", "-"))
+        hint = arguments.get(exc.argument) or _FLAGS.get(exc.argument, "--" + exc.argument.replace("_", "-"))
         print(f"ocimodel: error: {hint}: {exc.reason}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
 
@@ -210,7 +211,7 @@ def pack(
     _hub_downloads()
     reporter = make_reporter()
     try:
-        with _usage():
+        with _usage(layout="LAYOUT", source="SOURCE"):
             result = api.pack(
                 source, layout, base=base, tag=tag, platforms=platform, include=include, exclude=exclude,
                 compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
@@ -242,7 +243,7 @@ def push(
 
     reporter = make_reporter()
     try:
-        with _registry(plain_http, username, password_stdin, _host(ref)) as registry, _usage():
+        with _registry(plain_http, username, password_stdin, _host(ref)) as registry, _usage(layout="LAYOUT"):
             result = api.push(
                 layout, ref, tag=tag, jobs=jobs, chunk_size=_size(chunk_size), mount_from=mount_from,
                 registry=registry, progress=reporter,
@@ -295,7 +296,7 @@ def build(
     _hub_downloads(disk_budget=disk_budget is not None)
     reporter = make_reporter()
     try:
-        with _registry(plain_http, username, password_stdin, _host(ref)) as registry, _usage():
+        with _registry(plain_http, username, password_stdin, _host(ref)) as registry, _usage(source="SOURCE"):
             result = api.build(
                 source, ref, base=base, platforms=platform, include=include, exclude=exclude,
                 compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,

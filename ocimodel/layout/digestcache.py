@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ocimodel import localdb
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import SourceError
 from ocimodel.layout.plan import LayerPlan
 from ocimodel.layout.tarlayer import LayerDigests, codec_id
 from ocimodel.source import FileIdentity, SourceFile
@@ -47,7 +47,7 @@ def _identity_now(f: SourceFile) -> FileIdentity:
     try:
         return FileIdentity.of(f.local.stat())
     except OSError as exc:
-        raise OcimodelError(f"cannot read {f.local}: {exc.strerror or exc}") from exc
+        raise SourceError(f"cannot read {f.local}: {exc.strerror or exc}") from exc
 
 
 class DigestCache:

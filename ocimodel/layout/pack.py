@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ocimodel.base import DEFAULT_BASE, load_bases
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import InvalidArgument
 from ocimodel.layout.descriptor import ANNOTATION_REVISION, ANNOTATION_SOURCE, ANNOTATION_TITLE, Descriptor, Platform
 from ocimodel.layout.digestcache import DigestCache
 from ocimodel.layout.image import Layer, assemble
@@ -46,7 +46,7 @@ class PackOptions:
 
     def __post_init__(self) -> None:
         if not self.platforms:
-            raise OcimodelError("no platform to build for: give at least one os/arch, e.g. linux/amd64")
+            raise InvalidArgument("platforms", "names no platform; give os/arch, e.g. linux/amd64")
 
 
 def write_layer(layer: ModelLayer, layout: Layout, reporter: Reporter, stop: threading.Event) -> Layer:
@@ -86,14 +86,14 @@ def pack(source: Source, layout_dir: Path, options: PackOptions, reporter: Repor
     """Write the image for ``source`` into the layout and tag it; returns what the tag points at."""
     layout_root = layout_dir.resolve()
     if layout_root == source.root or layout_root in source.root.parents:
-        raise OcimodelError(
-            f"layout {layout_dir} is the model directory {source.root} or holds it: the image would be written into "
+        raise InvalidArgument(
+            "layout", f"{layout_dir} is the model directory {source.root} or holds it: the image would be written into "
             "the model; give a layout directory outside it"
         )
     # A layout inside the model directory is left out of it (a repack must not pack the previous image).
     files = [f for f in source.files(options.filters) if layout_root not in f.local.parents]
     if not files:
-        raise OcimodelError(f"every file to pack is inside the layout {layout_dir}; give a layout directory elsewhere")
+        raise InvalidArgument("layout", f"every file to pack is inside {layout_dir}; give a layout directory elsewhere")
     plans = plan_layers(files)
     layout = Layout.create(layout_dir)
     try:

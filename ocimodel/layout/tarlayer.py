@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import SourceError
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from ocimodel.source import FileIdentity
 
@@ -136,13 +136,13 @@ def read_range(
     A file replaced since it was listed (by a link out of the source, a FIFO, another file) or changed while read
     would put other bytes in the layer than the listing vouched for, or hang: both are refused.
     """
-    changed = OcimodelError(f"{path} changed size while being read; run again once it is complete")
-    replaced = OcimodelError(f"{path} was replaced or modified since it was listed; run again once it is stable")
+    changed = SourceError(f"{path} changed size while being read; run again once it is complete")
+    replaced = SourceError(f"{path} was replaced or modified since it was listed; run again once it is stable")
     try:
         with open(path, "rb", buffering=0, opener=lambda name, _: os.open(name, _open_flags(identity))) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise OcimodelError(f"{path} is no longer a regular file; remove what replaced it and run again")
+                raise SourceError(f"{path} is no longer a regular file; remove what replaced it and run again")
             if identity is not None and not identity.matches(st):
                 raise replaced
             if st.st_size != size:
@@ -162,8 +162,8 @@ def read_range(
                 raise replaced
     except OSError as exc:
         if exc.errno == errno.ELOOP and identity is not None:
-            raise OcimodelError(f"{path} was replaced by a symlink since it was listed; remove the link") from exc
-        raise OcimodelError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise SourceError(f"{path} was replaced by a symlink since it was listed; remove the link") from exc
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 # --- compression -----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
 
-from ocimodel.errors import InvalidArgument, OcimodelError
+from ocimodel.errors import InvalidArgument, SourceError
 
 if TYPE_CHECKING:
     from ocimodel.progress import Reporter
@@ -79,12 +79,12 @@ def check_model_path(path: str) -> None:
     parts = path.split("/")
     for part in parts:
         if part.startswith(WHITEOUT_PREFIX):
-            raise OcimodelError(
+            raise SourceError(
                 f"{path}: names starting with {WHITEOUT_PREFIX} are whiteouts in image layers (unpacking one deletes "
                 "another file); rename it or exclude it"
             )
         if part in ("", ".", ".."):
-            raise OcimodelError(f"{path!r} is not a plain relative path; it cannot go under /models")
+            raise SourceError(f"{path!r} is not a plain relative path; it cannot go under /models")
 
 
 def confinement(root: Path) -> Path:
@@ -105,13 +105,13 @@ def pin(f: SourceFile, confine: Path) -> SourceFile:
         st = real.stat()
     except (OSError, RuntimeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symlink loop"
-        raise OcimodelError(f"cannot read {f.local}: {reason}") from exc
+        raise SourceError(f"cannot read {f.local}: {reason}") from exc
     if confine not in real.parents:
-        raise OcimodelError(f"{f.local} links to {real}, outside {confine}; remove the link")
+        raise SourceError(f"{f.local} links to {real}, outside {confine}; remove the link")
     if not stat.S_ISREG(st.st_mode):
-        raise OcimodelError(f"{f.local} is not a regular file; remove it")
+        raise SourceError(f"{f.local} is not a regular file; remove it")
     if st.st_size != f.size:
-        raise OcimodelError(f"{f.local} is {st.st_size} bytes on disk, but the source lists {f.size}; run again")
+        raise SourceError(f"{f.local} is {st.st_size} bytes on disk, but the source lists {f.size}; run again")
     return SourceFile(f.path, real, f.size, f.lfs_sha256, FileIdentity.of(st))
 
 
@@ -194,7 +194,7 @@ def open_source(
         return LocalSource.from_path(Path(spec))
     repo_id = spec.removeprefix(HUB_SCHEME)
     if not _REPO_ID.fullmatch(repo_id):
-        raise OcimodelError(
+        raise SourceError(
             f"source {spec} is neither an existing directory nor a HuggingFace repo id (org/name or hf://org/name)"
         )
     from ocimodel.source.hub import HubSource

@@ -37,7 +37,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.repocard import metadata_load
 
 from ocimodel import __version__
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import SourceError
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter, SilentReporter, Task
 from ocimodel.source import Filters, Provenance, SourceFile, check_model_path, confinement, pin
@@ -96,7 +96,7 @@ class HubSource:
         with _explained(repo_id, revision):
             info = api.model_info(repo_id, revision=revision, expand=["sha", "cardData"])
             if info.sha is None or not _COMMIT.fullmatch(info.sha):
-                raise OcimodelError(f"{_public(constants.ENDPOINT)} did not say which commit {repo_id}@{revision} is")
+                raise SourceError(f"{_public(constants.ENDPOINT)} did not say which commit {repo_id}@{revision} is")
             listing = tuple(
                 HubFile(entry.path, entry.size, entry.lfs.sha256 if entry.lfs else None)
                 for entry in api.list_repo_tree(repo_id, revision=info.sha, recursive=True)
@@ -119,7 +119,7 @@ class HubSource:
             commit = ""
         snapshot = storage / "snapshots" / commit
         if not commit or not snapshot.is_dir():
-            raise OcimodelError(
+            raise SourceError(
                 f"HF_HUB_OFFLINE is set and {repo_id}@{revision} is not in the HF cache {cache}; "
                 "unset HF_HUB_OFFLINE to download it, or point the Hub cache (HF_HUB_CACHE) at one that has it"
             )
@@ -159,7 +159,7 @@ class HubSource:
             return self.files(filters)  # offline: the cache is all there is, and it is on disk already
         wanted = [f for f in self.listing if filters.allows(f.path)]
         if not wanted:
-            raise OcimodelError(
+            raise SourceError(
                 f"no file of {self.repo_id}@{self.commit} matches the include/exclude patterns "
                 f"(it has {len(self.listing)}: check the globs)"
             )
@@ -346,39 +346,39 @@ def _explained(repo_id: str, revision: str) -> Iterator[None]:
     try:
         yield
     except GatedRepoError as exc:
-        raise OcimodelError(
+        raise SourceError(
             f"{repo_id} is gated: log in at {endpoint}/{repo_id} and accept its license, "
             "then set HF_TOKEN to an access token of that account"
         ) from exc
     except RevisionNotFoundError as exc:
-        raise OcimodelError(f"{repo_id} has no branch, tag or commit {revision!r}; check the revision") from exc
+        raise SourceError(f"{repo_id} has no branch, tag or commit {revision!r}; check the revision") from exc
     except RepositoryNotFoundError as exc:
-        raise OcimodelError(
+        raise SourceError(
             f"{repo_id} not found on {endpoint}: check the repo id; if it is private, set HF_TOKEN to a token that can "
             "read it"
         ) from exc
     except HfHubHTTPError as exc:
         if exc.response.status_code == 401:
-            raise OcimodelError(
+            raise SourceError(
                 f"{endpoint} rejected the token (HF_TOKEN or the saved login) while fetching {repo_id}; "
                 "set HF_TOKEN to a valid access token"
             ) from exc
         detail = " ".join((exc.server_message or "").split()) or exc.response.reason_phrase
-        raise OcimodelError(f"{endpoint} answered HTTP {exc.response.status_code} for {repo_id}: {detail}") from exc
+        raise SourceError(f"{endpoint} answered HTTP {exc.response.status_code} for {repo_id}: {detail}") from exc
     except IncompleteSnapshotError as exc:
-        raise OcimodelError(
+        raise SourceError(
             f"HF_HUB_OFFLINE is set and the cached {repo_id}@{revision} lacks files this pack needs; "
             "unset HF_HUB_OFFLINE to download them"
         ) from exc
     except (LocalEntryNotFoundError, httpx2.TransportError) as exc:
         # hf_hub_download reports a failed metadata request as "not in the local cache", the network error as cause.
         cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
-        raise OcimodelError(
+        raise SourceError(
             f"cannot reach {endpoint} to fetch {repo_id} ({' '.join(str(cause).split()) or type(cause).__name__}); "
             "check the network, proxy and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to pack from the HF cache"
         ) from exc
     except OSError as exc:  # after the network ones: a full or read-only HF cache
-        raise OcimodelError(
+        raise SourceError(
             f"cannot write {repo_id} into the HF cache: {exc.strerror or exc}; free space, or point the Hub cache "
             "(HF_HUB_CACHE) elsewhere"
         ) from exc

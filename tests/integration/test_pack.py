@@ -845,7 +845,7 @@ def test_layout_that_is_the_source_or_holds_it_is_refused(tmp_path: Path, comman
         result = run_cli("pack", source, layout, "--base", "scratch")
     else:  # refused before any registry is asked: port 9 (discard) is never contacted
         result = run_cli("build", source, "127.0.0.1:9/models/m:v1", "--layout", layout, "--base", "scratch")
-    assert_clean_error(result, str(layout), "model directory")
+    assert_clean_error(result, "LAYOUT: " if command == "pack" else "--layout: ", str(layout), "model directory", code=2)
     assert sorted(p.relative_to(source.parent) for p in source.parent.rglob("*")) == before
 
 
@@ -899,7 +899,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_cli("--debug", "pack", tmp_path / "no-such-model", tmp_path / "layout", "--base", "scratch")
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
-    assert "OcimodelError" in result.stderr
+    assert "SourceError" in result.stderr
     assert "does not exist" in result.stderr or "no-such-model" in result.stderr
 
 
