@@ -248,7 +248,7 @@ def pack(
     from ocimodel.pack import pack as run_pack
     from ocimodel.progress import make_reporter
     from ocimodel.source import open_source
-    from ocimodel.verify import layout_warnings
+    from ocimodel.verification import layout_warnings
 
     options = _pack_options(
         base, platform, tag, compression, include, exclude, jobs, plain_http, no_cache, label, annotation
@@ -285,7 +285,7 @@ def push(
     from ocimodel.registry.known import KnownBlobs
     from ocimodel.registry.push import PushOptions, describe
     from ocimodel.registry.push import push as run_push
-    from ocimodel.verify import layout_warnings
+    from ocimodel.verification import layout_warnings
 
     target = _target(ref)
     options = PushOptions(jobs=jobs, chunk_size=_size(chunk_size), mount_from=tuple(mount_from))
@@ -344,7 +344,7 @@ def build(
     from ocimodel.registry.known import KnownBlobs
     from ocimodel.registry.push import PushOptions, describe
     from ocimodel.source import open_source
-    from ocimodel.verify import layout_warnings, registry_warnings
+    from ocimodel.verification import layout_warnings, registry_warnings
 
     target = _target(ref)
     if layout is not None and (disk_budget or two_pass):
@@ -424,22 +424,25 @@ def verify(
 
     Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads).
     """
-    from ocimodel.verify import QUICK, LayoutStore, ReadPolicy, RegistryStore
-    from ocimodel.verify import verify as run_verify
+    from ocimodel.verification import QUICK, ReadPolicy
+    from ocimodel.verification import verify as run_verify
 
     target = _image_arg(image)
     node = _platform(platform)
     modes = [m.value for m in mode] or [m.value for m in KserveMode]
     policy = QUICK if quick else ReadPolicy()
     if isinstance(target, Path):
+        from ocimodel.layout.source import LayoutSource
         from ocimodel.layout.store import Layout
 
-        report = run_verify(LayoutStore(Layout.open(target), tag), node, modes, policy)
+        report = run_verify(LayoutSource(Layout.open(target), tag), node, modes, policy)
     else:
         if tag is not None:
             raise typer.BadParameter("--tag picks a tag of a layout; put the tag in the reference", param_hint="--tag")
+        from ocimodel.registry.source import RegistrySource
+
         with _client(target, plain_http, username, password_stdin) as client:
-            report = run_verify(RegistryStore(client, target), node, modes, policy)
+            report = run_verify(RegistrySource(client, target), node, modes, policy)
     print(json.dumps(report.to_json()) if as_json else report.table())
     if report.failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -482,7 +485,6 @@ def kserve(
     target = _image_arg(image)
     if isinstance(target, Path):
         from ocimodel.layout.store import Layout
-        from ocimodel.registry.push import select_tag
 
         if ref is None:
             raise typer.BadParameter(
@@ -495,7 +497,7 @@ def kserve(
             raise typer.BadParameter(str(exc), param_hint="--ref") from None
         if pushed.digest:
             raise typer.BadParameter("give host/repo; the digest comes from the layout", param_hint="--ref")
-        _, top = select_tag(Layout.open(target), tag)
+        _, top = Layout.open(target).select_tag(tag)
         pinned_image = f"{pushed.registry}/{pushed.repository}@{top.digest}"
     else:
         if ref is not None or tag is not None:

@@ -23,7 +23,7 @@ from ocimodel.layout.descriptor import (
     Descriptor,
     Platform,
 )
-from ocimodel.layout.image import EPOCH, Base, Layer, PlatformBase, assemble, scratch
+from ocimodel.layout.image import EPOCH, Base, Layer, PlatformBase, assemble, history_line, scratch
 from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.store import Layout
 from ocimodel.layout.digestcache import DigestCache, layer_key
@@ -122,8 +122,7 @@ def layer_of(plan: LayerPlan, digests: LayerDigests) -> Layer:
     annotations[ANNOTATION_FILE_METADATA] = json.dumps(metadata[0] if len(metadata) == 1 else metadata,
                                                        separators=(",", ":"))
     descriptor = Descriptor(digests.media_type, digests.digest, digests.size, annotations)
-    paths = ", ".join(f.path for f in plan.files)
-    return Layer(descriptor, digests.diff_id, f"ocimodel: COPY {paths} /models/")
+    return Layer(descriptor, digests.diff_id, history_line([f.path for f in plan.files]))
 
 
 def build_layer(

@@ -25,11 +25,12 @@ from ocimodel.layout.descriptor import (
     Platform,
     canonical_json,
 )
+from ocimodel.layout.source import LayoutSource
 from ocimodel.layout.store import Layout
 from ocimodel.registry.pull import pull_image
 from ocimodel.registry.push import collect
 from ocimodel.registry.reference import parse_reference
-from ocimodel.verify import LayoutStore, gather
+from ocimodel.verification import gather
 
 AMD64 = Platform("linux", "amd64")
 
@@ -76,8 +77,9 @@ def nest(layout: Layout, child: Descriptor, levels: int, fan_out: int = 1) -> li
 def test_push_reads_each_document_of_a_repeating_dag_once(tmp_path: Path) -> None:
     layout, manifest = image(tmp_path / "layout")
     indexes = nest(layout, manifest, MAX_INDEX_DEPTH, fan_out=8)
+    layout.set_tag("latest", indexes[-1])
     layout.reads.clear()
-    pushed = collect(layout, indexes[-1])
+    pushed = collect(LayoutSource(layout))
     assert layout.reads == Counter({d.digest: 1 for d in [manifest, *indexes]})  # not 8^4 reads of the manifest
     # Each document sent once, every child before the index that names it, the top last.
     assert [d.digest for d, _ in pushed.manifests] == [d.digest for d in [manifest, *indexes]]
@@ -89,10 +91,10 @@ def test_push_pull_and_verify_share_one_nesting_bound(tmp_path: Path, levels: in
     layout, manifest = image(tmp_path / "layout")
     deepest = nest(layout, manifest, MAX_INDEX_DEPTH)[-1]
     layout.set_tag("latest", deepest)
-    assert collect(layout, deepest).top.digest == deepest.digest
+    assert collect(LayoutSource(layout)).top.digest == deepest.digest
     pin = parse_reference(f"127.0.0.1:9/deep@{deepest.digest}")  # every document is in the layout: nothing is fetched
     assert pull_image(pin, AMD64, layout).manifest.digest == manifest.digest
-    assert [what.split()[0] for what, _ in gather(LayoutStore(layout), AMD64).documents] == (
+    assert [what.split()[0] for what, _ in gather(LayoutSource(layout), AMD64).documents] == (
         ["index"] * MAX_INDEX_DEPTH + ["manifest"]
     )
 
@@ -100,9 +102,9 @@ def test_push_pull_and_verify_share_one_nesting_bound(tmp_path: Path, levels: in
     layout.set_tag("latest", top)
     pin = parse_reference(f"127.0.0.1:9/deep@{top.digest}")
     refusals = [
-        lambda: collect(layout, top),
+        lambda: collect(LayoutSource(layout)),
         lambda: pull_image(pin, AMD64, layout),
-        lambda: gather(LayoutStore(layout), AMD64),
+        lambda: gather(LayoutSource(layout), AMD64),
     ]
     for refusal in refusals:
         layout.reads.clear()
