@@ -33,6 +33,7 @@ from ocimodel.layout.descriptor import (
     Descriptor,
     Platform,
 )
+from ocimodel.layout.image import history_line, parse_history_line
 from ocimodel.layout.store import Layout
 from ocimodel.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
@@ -519,6 +520,20 @@ def test_quick_reads_skip_big_layers_and_the_checks_that_need_them(tmp_path: Pat
     assert report.mode_results()["modelcar"] is Result.SKIP
     # In a layout, uncompressed layers are read by seeking past file data, whatever their size: nothing is skipped.
     assert results(check(layout, policy=ReadPolicy(small=0, stream_big=False)))["files.readable"] is Result.FAIL
+
+
+def test_the_history_lines_pack_writes_name_each_layers_files(tmp_path: Path) -> None:
+    layout = Layout.open(packed(tmp_path))
+    manifest = json.loads(layout.read_blob(layout.tags()["latest"].digest))
+    config = json.loads(layout.read_blob(manifest["config"]["digest"]))
+    named = [parse_history_line(h["created_by"]) for h in config["history"]]
+    one_file = [layer["annotations"].get(ANNOTATION_FILEPATH) for layer in manifest["layers"]]
+    assert sorted(path for paths in named if paths for path in paths) == [
+        "config.json", "model.safetensors", "sub/tokenizer.json"
+    ]
+    assert [paths == (path,) for paths, path in zip(named, one_file)] == [path is not None for path in one_file]
+    assert parse_history_line(history_line(["a b.bin", "c/d"])) == ("a b.bin", "c/d")
+    assert parse_history_line("COPY model.safetensors /models/") is None
 
 
 def test_annotations_of_another_tool_are_not_trusted(tmp_path: Path) -> None:

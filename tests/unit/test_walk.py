@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ocimodel.errors import OcimodelError
+from ocimodel.image.walk import walk
 from ocimodel.layout.descriptor import (
     MAX_INDEX_DEPTH,
     OCI_CONFIG,
@@ -111,3 +112,29 @@ def test_push_pull_and_verify_share_one_nesting_bound(tmp_path: Path, levels: in
         with pytest.raises(OcimodelError, match=f"nests image indexes more than {MAX_INDEX_DEPTH} deep"):
             refusal()
         assert sum(layout.reads.values()) <= MAX_INDEX_DEPTH + 1  # stopped at the bound, not at the bottom
+
+
+def test_one_platform_walk_is_a_path_to_the_exact_entry_else_the_first_compatible(tmp_path: Path) -> None:
+    layout, manifest = image(tmp_path / "layout")
+    attestation = layout.put_json(OCI_MANIFEST, {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []})
+    v8, bare = Platform("linux", "arm64", "v8"), Platform("linux", "arm64")
+    entries = [(attestation, Platform("unknown", "unknown")), (attestation, v8), (manifest, bare), (manifest, AMD64)]
+    index = layout.put_json(OCI_INDEX, {
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{**d.to_json(), "platform": p.to_json()} for d, p in entries],
+    })
+    layout.set_tag("latest", index)
+    source = LayoutSource(layout)
+
+    # Every entry for push (each digest once), children first; only the chosen entry for one platform.
+    assert [n.descriptor.digest for n in walk(source)] == [attestation.digest, manifest.digest, index.digest]
+    exact = walk(source, bare)  # linux/arm64/v8 comes first and is compatible, but linux/arm64 is exact
+    assert [(n.descriptor.digest, n.is_index) for n in exact] == [(manifest.digest, False), (index.digest, True)]
+    assert walk(source, Platform("linux", "arm64", "v8"))[0].descriptor.digest == attestation.digest
+    no_exact = [Descriptor(d.media_type, d.digest, d.size, platform=v8) for d in (attestation, manifest)]
+    assert bare.choose(no_exact) == no_exact[0]  # no exact entry: the first compatible one
+    assert bare.choose([d for d, _ in entries]) is None  # entries without a platform are never chosen
+
+    # Nothing for the platform: the walk ends at the index, which lists what it has (attestations left out).
+    [last] = walk(source, Platform("linux", "s390x"))
+    assert last.is_index and last.platforms() == (v8, bare, AMD64)
