@@ -33,7 +33,7 @@ from ocimodel.results import BuildResult, PackResult, PushResult
 if TYPE_CHECKING:
     from ocimodel.registry.client import RegistryClient, RetryPolicy
     from ocimodel.source import Source
-    from ocimodel.verify import Report
+    from ocimodel.verification import Report
 
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Union[ProgressCallback, Reporter, None]
@@ -302,7 +302,7 @@ def pack(
     (manifests, configs, small layers) for the result's ``warnings``.
     """
     from ocimodel.layout.pack import pack as write_image
-    from ocimodel.verify import layout_warnings
+    from ocimodel.verification import layout_warnings
 
     options = _pack_options(
         base=base, platforms=platforms, tag=tag, compression=compression, include=include, exclude=exclude,
@@ -343,7 +343,7 @@ def push(
     from ocimodel.layout.store import Layout
     from ocimodel.registry.push import DEFAULT_CHUNK_SIZE, PushOptions
     from ocimodel.registry.push import push as push_layout
-    from ocimodel.verify import layout_warnings
+    from ocimodel.verification import layout_warnings
 
     target = _target(ref)
     if tag is not None:
@@ -404,7 +404,7 @@ def build(
     from ocimodel.registry.build import build as stream_image
     from ocimodel.registry.build import build_with_layout
     from ocimodel.registry.push import DEFAULT_CHUNK_SIZE, PushOptions
-    from ocimodel.verify import layout_warnings, registry_warnings
+    from ocimodel.verification import layout_warnings, registry_warnings
 
     target = _target(ref)
     if layout is not None and (disk_budget is not None or two_pass):
@@ -453,8 +453,8 @@ def verify(
     headers are read, never file data; ``quick`` skips big layers that would have to be read in full (and the
     checks that need them). The report's ``ok`` is False if a check failed; a failing check is not an exception.
     """
-    from ocimodel.verify import QUICK, LayoutStore, ReadPolicy, RegistryStore
-    from ocimodel.verify import verify as check_image
+    from ocimodel.verification import QUICK, ReadPolicy
+    from ocimodel.verification import verify as check_image
 
     node = _platform(platform)
     chosen = list(modes) if modes is not None else list(MODES)
@@ -463,14 +463,17 @@ def verify(
             raise InvalidArgument("modes", f"{mode!r} is not one of {', '.join(MODES)}")
     policy = QUICK if quick else ReadPolicy()
     if is_layout_path(image):
+        from ocimodel.layout.source import LayoutSource
         from ocimodel.layout.store import Layout
 
-        return check_image(LayoutStore(Layout.open(Path(image).expanduser()), tag), node, chosen, policy)
+        return check_image(LayoutSource(Layout.open(Path(image).expanduser()), tag), node, chosen, policy)
     if tag is not None:
         raise InvalidArgument("tag", "picks a tag of a layout; put the tag in the reference instead")
     target = _reference(image, "image")  # type: ignore[arg-type]
+    from ocimodel.registry.source import RegistrySource
+
     with _Session(registry, plain_http, None, None) as session:
-        return check_image(RegistryStore(session.registry.client(target.registry), target), node, chosen, policy)
+        return check_image(RegistrySource(session.registry.client(target.registry), target), node, chosen, policy)
 
 
 def pinned_reference(
@@ -485,14 +488,13 @@ def pinned_reference(
     layout, its tag's digest in the repository it was ``pushed_to``."""
     if is_layout_path(image):
         from ocimodel.layout.store import Layout
-        from ocimodel.registry.push import select_tag
 
         if pushed_to is None:
             raise InvalidArgument("pushed_to", "a layout does not say where it was pushed: give the host/repo")
         repo = _reference(pushed_to, "pushed_to")
         if repo.digest:
             raise InvalidArgument("pushed_to", "give host/repo; the digest comes from the layout")
-        _, top = select_tag(Layout.open(Path(image).expanduser()), tag)
+        _, top = Layout.open(Path(image).expanduser()).select_tag(tag)
         return f"{repo.registry}/{repo.repository}@{top.digest}"
     if pushed_to is not None or tag is not None:
         raise InvalidArgument("pushed_to", "pushed_to and tag are for layouts; the reference says it all")

@@ -22,14 +22,18 @@ from ocimodel.aws.plan import MANAGED_TAG, Names
 from ocimodel.aws.session import Clients, Clock, aws_call, error_code, retry_while
 from ocimodel.aws.snapshot_plan import Image, Layer
 from ocimodel.errors import OcimodelError
+from ocimodel.layout.descriptor import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Platform,
+    descriptor_list,
+    is_index,
+)
 from ocimodel.registry.reference import Reference, parse_ecr, parse_reference
 
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
-_MANIFEST_TYPES = [
-    *_INDEX_TYPES,
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-]
+_MANIFEST_TYPES = [OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST]
 #: Bounds of the waits, in seconds.
 RUNNING_SECONDS = 600.0
 SSM_ONLINE_SECONDS = 900.0
@@ -168,15 +172,11 @@ def _layers(
     manifest: dict[str, Any], arch: str, fetch: Callable[[str], dict[str, Any]], where: str
 ) -> tuple[Layer, ...]:
     """The layers the node's platform gets: the manifest's, or those of the index's entry for ``linux/<arch>``."""
-    if manifest.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
-        entries = [
-            m
-            for m in manifest.get("manifests") or []
-            if (m.get("platform") or {}).get("os") == "linux" and (m.get("platform") or {}).get("architecture") == arch
-        ]
-        if not entries:
+    if is_index(str(manifest.get("mediaType") or ""), manifest):
+        chosen = Platform("linux", arch).choose(descriptor_list(manifest, "manifests", where))
+        if chosen is None:
             raise OcimodelError(f"{where} has no linux/{arch} image: pass --arch with a platform it has")
-        manifest = fetch(entries[0]["digest"])
+        manifest = fetch(chosen.digest)
     return tuple(Layer(str(layer.get("mediaType", "")), int(layer["size"])) for layer in manifest.get("layers") or [])
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ocimodel.errors import OcimodelError
 
@@ -40,6 +40,12 @@ DOCUMENT_MAX_BYTES = 16 << 20
 MAX_INDEX_DEPTH = 4
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def is_index(media_type: str, doc: Mapping[str, Any]) -> bool:
+    """Whether a document is an image index: by its media type, or (OCI makes ``mediaType`` optional) by the
+    ``manifests`` list only an index has."""
+    return media_type in INDEX_TYPES or "manifests" in doc
 
 
 def is_compressed_layer(media_type: str) -> bool:
@@ -126,6 +132,12 @@ class Platform:
         return self.variant is None or self.variant == other.variant or (
             self.architecture == "arm64" and {self.variant, other.variant} <= {"v8", None}
         )
+
+    def choose(self, entries: Sequence[Descriptor]) -> Descriptor | None:
+        """The index entry a node of this platform runs: the exact match, else the first compatible one (as
+        containerd picks); None when the index has nothing for it."""
+        candidates = [e for e in entries if e.platform is not None and self.matches(e.platform)]
+        return next((e for e in candidates if e.platform == self), candidates[0] if candidates else None)
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)

@@ -20,6 +20,7 @@ from ocimodel.layout.descriptor import (
     Platform,
     canonical_json,
 )
+from ocimodel.layout.plan import MODEL_DIR
 
 #: A fixed creation time keeps configs of scratch-based images reproducible.
 EPOCH = "1970-01-01T00:00:00Z"
@@ -28,6 +29,27 @@ _OCI_EQUIVALENT = {
     DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
     "application/vnd.docker.image.rootfs.diff.tar": OCI_LAYER,
 }
+
+
+_HISTORY_PREFIX = "ocimodel: COPY "
+_HISTORY_SUFFIX = f" /{MODEL_DIR}/"
+_HISTORY_SEPARATOR = ", "
+
+
+def history_line(paths: Sequence[str]) -> str:
+    """The config history's ``created_by`` of a model layer: what a reader of ``docker history`` understands, and
+    (with the layer's ``org.cncf.model.filepath``) how ``verify`` knows the layer is ours without reading it."""
+    return f"{_HISTORY_PREFIX}{_HISTORY_SEPARATOR.join(paths)}{_HISTORY_SUFFIX}"
+
+
+def parse_history_line(line: str) -> tuple[str, ...] | None:
+    """The paths a ``history_line`` names, or None for a line some other tool wrote.
+
+    A path holding ", " reads back as two: such a layer is then not recognised as ours, which only costs a read.
+    """
+    if not (line.startswith(_HISTORY_PREFIX) and line.endswith(_HISTORY_SUFFIX)):
+        return None
+    return tuple(line[len(_HISTORY_PREFIX) : -len(_HISTORY_SUFFIX)].split(_HISTORY_SEPARATOR))
 
 
 @dataclass(frozen=True)

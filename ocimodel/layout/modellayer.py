@@ -13,7 +13,7 @@ from typing import Callable
 
 from ocimodel.layout.descriptor import ANNOTATION_FILE_METADATA, ANNOTATION_FILEPATH, ANNOTATION_TITLE, Descriptor
 from ocimodel.layout.digestcache import DigestCache, layer_key
-from ocimodel.layout.image import EPOCH, Layer
+from ocimodel.layout.image import EPOCH, Layer, history_line
 from ocimodel.layout.plan import LayerPlan
 from ocimodel.layout.tarlayer import EncodedLayer, LayerDigests, Sink, encode_layer, tar_chunks, tar_size
 from ocimodel.source import SourceFile
@@ -75,8 +75,7 @@ class ModelLayer:
             metadata[0] if len(metadata) == 1 else metadata, separators=(",", ":")
         )
         descriptor = Descriptor(digests.media_type, digests.digest, digests.size, annotations)
-        paths = ", ".join(f.path for f in files)
-        return Layer(descriptor, digests.diff_id, f"ocimodel: COPY {paths} /models/")
+        return Layer(descriptor, digests.diff_id, history_line([f.path for f in files]))
 
     def _key(self) -> str:
         return layer_key(self.plan, self.compression)

@@ -378,6 +378,29 @@ class Layout:
             d.annotations[ANNOTATION_REF_NAME]: d for d in self.manifests() if ANNOTATION_REF_NAME in d.annotations
         }
 
+    def select_tag(self, tag: str | None = None) -> tuple[str, Descriptor]:
+        """The image a command means: ``tag``, else the only tag, else ``latest``, else the only untagged entry.
+
+        skopeo and olot write one tag; a layout packed several times holds several, and guessing among them
+        would push or check the wrong image.
+        """
+        tags = self.tags()
+        if tag is not None:
+            if tag not in tags:
+                known = ", ".join(sorted(tags)) or "none"
+                raise OcimodelError(f"layout {self.root} has no tag {tag!r} (tags: {known})")
+            return tag, tags[tag]
+        if len(tags) == 1:
+            return next(iter(tags.items()))
+        if "latest" in tags:
+            return "latest", tags["latest"]
+        if not tags:
+            entries = self.manifests()
+            if len(entries) == 1:
+                return "latest", entries[0]
+            raise OcimodelError(f"layout {self.root} has no tagged image to push")
+        raise OcimodelError(f"layout {self.root} has several tags ({', '.join(sorted(tags))}); pick one with --tag")
+
     def set_tag(self, tag: str, desc: Descriptor) -> None:
         """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place.
 

@@ -6,18 +6,20 @@ config and layers next to it, and a failed pull leaves nothing half-referenced b
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from ocimodel.errors import DigestMismatch, OcimodelError
+from ocimodel.image.walk import Node, walk
 from ocimodel.layout.descriptor import MANIFEST_TYPES, Descriptor, Platform, parse_document
 from ocimodel.layout.store import Layout
-from ocimodel.layout.walk import Node, walk
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.reference import Reference
+from ocimodel.registry.source import RegistrySource
 
 log = logging.getLogger("ocimodel.registry")
 
@@ -52,7 +54,7 @@ def pull_image(
     with ExitStack() as stack:
         if client is None:
             client = stack.enter_context(RegistryClient(ref.registry))
-        return _Puller(ref, layout, client).pull(ref.digest, platform)
+        return _Puller(ref, layout, client).pull(platform)
 
 
 def pull_first(refs: Sequence[Reference], platform: Platform, layout: Layout, *, plain_http: bool = False) -> PulledImage:
@@ -81,18 +83,55 @@ def pull_first(refs: Sequence[Reference], platform: Platform, layout: Layout, *,
     )
 
 
+class _Reused:
+    """The registry's image, with the documents an earlier pull left in the layout read from there (verified all the
+    same): pulling again sends no request at all."""
+
+    def __init__(self, remote: RegistrySource, layout: Layout, digest: str) -> None:
+        self._remote = remote
+        self._layout = layout
+        self._digest = digest
+
+    @property
+    def name(self) -> str:
+        return self._remote.name
+
+    @property
+    def seekable(self) -> bool:
+        return False
+
+    def top(self) -> tuple[Descriptor, bytes]:
+        desc = Descriptor("", self._digest, 0)  # what it is comes from the document itself
+        return desc, self.document(desc)
+
+    def document(self, desc: Descriptor) -> bytes:
+        if self._layout.has_blob(desc.digest):
+            return self._layout.read_blob(desc.digest)
+        return self._remote.document(desc)
+
+    def config(self, desc: Descriptor) -> bytes:
+        if self._layout.has_blob(desc.digest):
+            return self._layout.read_blob(desc.digest)
+        return self._remote.config(desc)
+
+    def layer(self, desc: Descriptor) -> AbstractContextManager[io.BufferedReader]:
+        return self._remote.layer(desc)
+
+
 class _Puller:
     def __init__(self, ref: Reference, layout: Layout, client: RegistryClient) -> None:
         self._ref = ref
         self._layout = layout
-        self._client = client
+        self._source = _Reused(RegistrySource(client, ref), layout, ref.identifier)
 
-    def pull(self, digest: str, platform: Platform) -> PulledImage:
-        def follow(index: Node) -> list[Descriptor]:
-            return [self._select(_schema_2(index), platform)]
-
-        nodes = walk(Descriptor("", digest, 0), self._read, follow, str(self._ref))
-        manifest = _schema_2(nodes[0])  # one entry followed per index: the walk is a path, the manifest its end
+    def pull(self, platform: Platform) -> PulledImage:
+        nodes = [_schema_2(node) for node in walk(self._source, platform)]
+        manifest = nodes[0]  # one entry followed per index: the walk is a path, the manifest its end
+        if manifest.is_index:
+            available = ", ".join(map(str, manifest.platforms())) or "none"
+            raise OcimodelError(
+                f"{self._ref} has no image for {platform} (available: {available}): choose one of those platforms"
+            )
         if manifest.descriptor.media_type not in MANIFEST_TYPES:
             raise OcimodelError(
                 f"{self._ref} is a {manifest.descriptor.media_type}, not an image manifest or index"
@@ -104,35 +143,15 @@ class _Puller:
             raise OcimodelError(f"manifest {manifest.descriptor.digest} of {self._ref} is malformed: {exc}") from None
         for layer in layers:
             self._ensure_blob(layer)
-        self._ensure_blob(config_descriptor)
-        config = parse_document(
-            self._layout.read_blob(config_descriptor.digest), f"config {config_descriptor.digest} of {self._ref}"
-        )
+        config_data = self._source.config(config_descriptor)
+        config = parse_document(config_data, f"config {config_descriptor.digest} of {self._ref}")
         descriptor = manifest.descriptor
         if descriptor.platform is None:
             descriptor = self._check_platform(descriptor, config, platform)
-        for node in nodes:  # the manifest, then each index up to the top
-            if not self._layout.has_blob(node.descriptor.digest):
-                self._layout.write_blob([node.data], node.descriptor.digest)
+        for data, digest in [(config_data, config_descriptor.digest), *((n.data, n.descriptor.digest) for n in nodes)]:
+            if not self._layout.has_blob(digest):  # the config, the manifest, then each index up to the top
+                self._layout.write_blob([data], digest)
         return PulledImage(descriptor, manifest.doc, config)
-
-    def _read(self, desc: Descriptor) -> bytes:
-        """A manifest or index from the layout if it is there, else from the registry (verified either way)."""
-        if self._layout.has_blob(desc.digest):
-            return self._layout.read_blob(desc.digest)
-        data, _ = self._client.get_manifest(self._ref.repository, desc.digest)
-        return data
-
-    def _select(self, index: Node, platform: Platform) -> Descriptor:
-        entries = index.entries()
-        candidates = [e for e in entries if e.platform is not None and platform.matches(e.platform)]
-        exact = [e for e in candidates if e.platform == platform]
-        if not candidates:
-            available = ", ".join(dict.fromkeys(str(e.platform) for e in entries if e.platform)) or "none"
-            raise OcimodelError(
-                f"{self._ref} has no image for {platform} (available: {available}): choose one of those platforms"
-            )
-        return (exact or candidates)[0]
 
     def _check_platform(self, descriptor: Descriptor, config: dict[str, Any], platform: Platform) -> Descriptor:
         """A single-platform manifest names its platform only in its config: refuse a mismatch early."""
@@ -150,8 +169,8 @@ class _Puller:
     def _ensure_blob(self, descriptor: Descriptor) -> None:
         if self._layout.has_blob(descriptor.digest):
             return
-        with self._layout.writer() as writer:
-            for chunk in self._client.stream_blob(self._ref.repository, descriptor.digest):
+        with self._layout.writer() as writer, self._source.layer(descriptor) as stream:
+            while chunk := stream.read(1 << 20):
                 writer.write(chunk)
                 if writer.size > descriptor.size:
                     raise DigestMismatch(

@@ -22,9 +22,10 @@ from urllib.parse import urljoin
 import requests
 
 from ocimodel.errors import OcimodelError
+from ocimodel.image.walk import walk
 from ocimodel.layout.descriptor import Descriptor, descriptor_list
+from ocimodel.layout.source import LayoutSource
 from ocimodel.layout.store import Layout
-from ocimodel.layout.walk import Node, walk
 from ocimodel.layout.tarlayer import read_range
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
@@ -78,29 +79,11 @@ class _Image:
     manifests: tuple[tuple[Descriptor, bytes], ...]
 
 
-def select_tag(layout: Layout, tag: str | None) -> tuple[str, Descriptor]:
-    """The layout entry to push: ``tag``, else the only tag, else ``latest``."""
-    tags = layout.tags()
-    if tag is not None:
-        if tag not in tags:
-            known = ", ".join(sorted(tags)) or "none"
-            raise OcimodelError(f"layout {layout.root} has no tag {tag!r} (tags: {known})")
-        return tag, tags[tag]
-    if len(tags) == 1:
-        return next(iter(tags.items()))
-    if "latest" in tags:
-        return "latest", tags["latest"]
-    if not tags:
-        entries = layout.manifests()
-        if len(entries) == 1:
-            return "latest", entries[0]
-        raise OcimodelError(f"layout {layout.root} has no tagged image to push")
-    raise OcimodelError(f"layout {layout.root} has several tags ({', '.join(sorted(tags))}); pick one with --tag")
-
-
-def collect(layout: Layout, top: Descriptor) -> _Image:
-    """Walk the image from ``top`` and check every blob is in the layout with its size, before anything is sent."""
-    nodes = walk(top, lambda desc: layout.read_blob(desc.digest), Node.entries, f"layout {layout.root}")
+def collect(source: LayoutSource) -> _Image:
+    """Walk the image, every platform of it, and check every blob is in the layout with its size, before anything
+    is sent."""
+    layout = source.layout
+    nodes = walk(source)
     blobs: dict[str, Descriptor] = {}
     for node in nodes:
         if not node.is_index:
@@ -533,8 +516,8 @@ def push(
     known: KnownBlobs | None = None,
 ) -> PushResult:
     """Push the layout's image (``tag``, or its only tag) to ``ref``; the tag pushed defaults to the layout's."""
-    layout_tag, top = select_tag(layout, tag)
-    image = collect(layout, top)
+    source = LayoutSource(layout, tag)
+    image = collect(source)
     refuse_oversized_layers(
         client.registry, ((f"blob {b.digest} ({layout.blob_path(b.digest)})", b.size) for b in image.blobs)
     )
@@ -544,7 +527,7 @@ def push(
     for desc, data in image.manifests[:-1]:
         pusher.put_manifest(desc, data, desc.digest)
     top_desc, top_data = image.manifests[-1]
-    pusher.put_manifest(top_desc, top_data, ref.tag or layout_tag)
+    pusher.put_manifest(top_desc, top_data, ref.tag or source.tag)
     if known is not None:
         known.record(client.registry, ref.repository, list(by_digest))
     outcomes = tuple(by_digest[b.digest] for b in image.blobs)

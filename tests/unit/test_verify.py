@@ -33,30 +33,30 @@ from ocimodel.layout.descriptor import (
     Descriptor,
     Platform,
 )
+from ocimodel.layout.image import history_line, parse_history_line
 from ocimodel.layout.store import Layout
 from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
-from ocimodel import verify as verify_module
-from ocimodel.verify import (
+from ocimodel.layout.source import LayoutSource
+from ocimodel.verification import (
     QUICK,
     Budget,
     Entry,
     Image,
     Kind,
     LayerContents,
-    LayoutStore,
     ReadPolicy,
     Report,
     Result,
     gather,
     judge,
     layout_warnings,
-    lookup,
-    overlay,
-    read_entries,
     verify,
 )
+from ocimodel.verification import warnings as warnings_module
+from ocimodel.verification.overlay import lookup, overlay
+from ocimodel.verification.tarread import read_entries
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64")
@@ -171,7 +171,7 @@ def index_of(layout_dir: Path, entries: Sequence[tuple[Descriptor, Platform]]) -
 
 
 def check(layout_dir: Path, platform: Platform = AMD64, policy: ReadPolicy = ReadPolicy()) -> Report:
-    return verify(LayoutStore(Layout.open(layout_dir)), platform, policy=policy)
+    return verify(LayoutSource(Layout.open(layout_dir)), platform, policy=policy)
 
 
 def results(report: Report) -> dict[str, Result]:
@@ -211,7 +211,7 @@ def test_scratch_has_no_shell_for_the_modelcar_but_serves_native_and_fetch(tmp_p
 
 def test_only_the_checks_of_the_chosen_modes_run(tmp_path: Path) -> None:
     layout = packed(tmp_path)
-    report = verify(LayoutStore(Layout.open(layout)), AMD64, modes=["native"])
+    report = verify(LayoutSource(Layout.open(layout)), AMD64, modes=["native"])
     assert report.modes == ("native",)
     assert {c.id for c in report.checks} == {
         "native.models", "limits.layers", "limits.layer-size", "limits.manifest-size", "limits.zstd", "node.pull",
@@ -468,7 +468,7 @@ class Streamed:
     """A layout seen as a registry sees it: no seeking, every read a stream, and a count of layers opened."""
 
     def __init__(self, layout: Path) -> None:
-        self._inner = LayoutStore(Layout.open(layout))
+        self._inner = LayoutSource(Layout.open(layout))
         self.opened: list[str] = []
         self.name = self._inner.name
         self.seekable = False
@@ -520,6 +520,20 @@ def test_quick_reads_skip_big_layers_and_the_checks_that_need_them(tmp_path: Pat
     assert report.mode_results()["modelcar"] is Result.SKIP
     # In a layout, uncompressed layers are read by seeking past file data, whatever their size: nothing is skipped.
     assert results(check(layout, policy=ReadPolicy(small=0, stream_big=False)))["files.readable"] is Result.FAIL
+
+
+def test_the_history_lines_pack_writes_name_each_layers_files(tmp_path: Path) -> None:
+    layout = Layout.open(packed(tmp_path))
+    manifest = json.loads(layout.read_blob(layout.tags()["latest"].digest))
+    config = json.loads(layout.read_blob(manifest["config"]["digest"]))
+    named = [parse_history_line(h["created_by"]) for h in config["history"]]
+    one_file = [layer["annotations"].get(ANNOTATION_FILEPATH) for layer in manifest["layers"]]
+    assert sorted(path for paths in named if paths for path in paths) == [
+        "config.json", "model.safetensors", "sub/tokenizer.json"
+    ]
+    assert [paths == (path,) for paths, path in zip(named, one_file)] == [path is not None for path in one_file]
+    assert parse_history_line(history_line(["a b.bin", "c/d"])) == ("a b.bin", "c/d")
+    assert parse_history_line("COPY model.safetensors /models/") is None
 
 
 def test_annotations_of_another_tool_are_not_trusted(tmp_path: Path) -> None:
@@ -635,7 +649,7 @@ def test_a_decompression_bomb_is_read_up_to_the_budget_only(tmp_path: Path, comp
     bad = rebase(layout, extra=[(media, data)])
     policy = ReadPolicy(expanded=2 * MIB, ratio=0)
     budget = Budget(policy)
-    image = gather(LayoutStore(Layout.open(layout)), AMD64, policy, budget)
+    image = gather(LayoutSource(Layout.open(layout)), AMD64, policy, budget)
     assert budget.expanded <= 2 * MIB + 1  # what was decompressed: not one byte past the cap, of 64 MiB
     assert [c.how for c in image.contents][-1] == "too-large"
     report = judge(image, AMD64)
@@ -650,8 +664,8 @@ def test_the_budget_grows_with_the_layers_read_but_not_with_a_bomb(tmp_path: Pat
     media, data = bomb("zstd", 64 * MIB)
     rebase(layout, extra=[(media, data)])
     budget = Budget(ReadPolicy(expanded=MIB, ratio=10))
-    gather(LayoutStore(Layout.open(layout)), AMD64, budget=budget)
-    sizes = sum(d.size for d in gather(LayoutStore(Layout.open(layout)), AMD64, QUICK).layers)
+    gather(LayoutSource(Layout.open(layout)), AMD64, budget=budget)
+    sizes = sum(d.size for d in gather(LayoutSource(Layout.open(layout)), AMD64, QUICK).layers)
     assert budget.allowed == MIB + 10 * sizes < 2 * MIB
     assert budget.expanded <= budget.allowed + 1
 
@@ -661,7 +675,7 @@ def test_the_warnings_after_push_name_a_layer_too_large_to_check(
 ) -> None:
     layout = packed(tmp_path)
     rebase(layout, extra=[bomb("zstd", 16 * MIB)])
-    monkeypatch.setattr(verify_module, "QUICK", replace(QUICK, expanded=MIB))
+    monkeypatch.setattr(warnings_module, "QUICK", replace(QUICK, expanded=MIB))
     lines = layout_warnings(layout, None)
     assert any(line.startswith("image.checkable: too large to check: layer ") and "1.0 MiB" in line for line in lines)
 
@@ -671,7 +685,7 @@ def test_members_past_the_cap_are_not_kept(tmp_path: Path) -> None:
     rebase(layout, extra=[(OCI_LAYER_ZSTD, members(5000))])
     policy = ReadPolicy(entries=1000)
     budget = Budget(policy)
-    report = judge(gather(LayoutStore(Layout.open(layout)), AMD64, policy, budget), AMD64)
+    report = judge(gather(LayoutSource(Layout.open(layout)), AMD64, policy, budget), AMD64)
     assert budget.entries == 1001  # the one over the cap stops the read
     assert "past 1,000 tar members" in detail(report, "image.checkable")
 
@@ -683,7 +697,7 @@ def test_member_names_longer_than_a_runtime_takes_are_too_large(tmp_path: Path) 
     assert "has a member name of 6,008 bytes" in detail(report, "image.checkable")
     budget = Budget(ReadPolicy(names=10_000))
     rebase(layout, extra=[plain(tar(*(M(f"models/{i:04}/" + "d/" * 20 + "f") for i in range(40))))])
-    report = judge(gather(LayoutStore(Layout.open(layout)), AMD64, budget=budget), AMD64)
+    report = judge(gather(LayoutSource(Layout.open(layout)), AMD64, budget=budget), AMD64)
     assert "of member names" in detail(report, "image.checkable")  # deep paths are charged for the parents they imply
 
 
@@ -729,7 +743,7 @@ def test_whiteouts_cost_what_they_delete_not_the_whole_tree() -> None:
 def test_the_warnings_check_a_bounded_number_of_platforms(tmp_path: Path) -> None:
     layout = packed(tmp_path)
     manifest = rebase(layout)
-    many = [(manifest, Platform("linux", f"arch{i}")) for i in range(verify_module.QUICK_PLATFORMS + 4)]
+    many = [(manifest, Platform("linux", f"arch{i}")) for i in range(warnings_module.QUICK_PLATFORMS + 4)]
     index_of(layout, [(manifest, AMD64), *many])
     lines = layout_warnings(layout, "latest")
-    assert lines[-1].startswith(f"checked the first {verify_module.QUICK_PLATFORMS} of 21 platforms")
+    assert lines[-1].startswith(f"checked the first {warnings_module.QUICK_PLATFORMS} of 21 platforms")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor, Platform
-from ocimodel.verify import SLOW_PULL_BYTES, Check, Entry, Image, Kind, LayerContents, Result, judge
+from ocimodel.verification import Check, Entry, Image, Kind, LayerContents, Result, judge
+from ocimodel.verification.checks import SLOW_PULL_BYTES
 
 AMD64 = Platform("linux", "amd64")
 GIB = 1 << 30

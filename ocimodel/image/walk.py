@@ -9,16 +9,18 @@ Content addressing rules out cycles; the visited set makes shared children cost 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator
 
 from ocimodel.errors import OcimodelError
+from ocimodel.image.source import ImageSource
 from ocimodel.layout.descriptor import (
-    INDEX_TYPES,
     MAX_INDEX_DEPTH,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
+    Platform,
     descriptor_list,
+    is_index,
     parse_document,
 )
 
@@ -36,13 +38,16 @@ class Node:
     doc: dict[str, Any]
     depth: int
     what: str
-
-    @property
-    def is_index(self) -> bool:
-        return self.descriptor.media_type in INDEX_TYPES or "manifests" in self.doc
+    is_index: bool
 
     def entries(self) -> list[Descriptor]:
         return descriptor_list(self.doc, "manifests", self.what)
+
+    def platforms(self) -> tuple[Platform, ...]:
+        """An index's platforms, without the unknown/unknown manifests of build attestations: nobody runs those."""
+        return tuple(
+            dict.fromkeys(e.platform for e in self.entries() if e.platform is not None and e.platform.os != "unknown")
+        )
 
 
 def read_node(desc: Descriptor, data: bytes, depth: int, name: str) -> Node:
@@ -50,38 +55,41 @@ def read_node(desc: Descriptor, data: bytes, depth: int, name: str) -> Node:
     stated = doc.get("mediaType")
     if stated is not None and not isinstance(stated, str):
         raise OcimodelError(f"manifest {desc.digest} of {name} is malformed: mediaType is not a string")
-    media_type = stated or desc.media_type or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
-    kind = "index" if media_type in INDEX_TYPES or "manifests" in doc else "manifest"
+    index = is_index(stated or desc.media_type, doc)
+    media_type = stated or desc.media_type or (OCI_INDEX if index else OCI_MANIFEST)
     node_desc = Descriptor(media_type, desc.digest, len(data), desc.annotations, desc.platform)
-    return Node(node_desc, data, doc, depth, f"{kind} {desc.digest} of {name}")
+    return Node(node_desc, data, doc, depth, f"{'index' if index else 'manifest'} {desc.digest} of {name}", index)
 
 
-def walk(
-    top: Descriptor,
-    read: Callable[[Descriptor], bytes],
-    follow: Callable[[Node], Sequence[Descriptor]],
-    name: str,
-) -> list[Node]:
-    """Every document reachable from ``top`` through ``follow`` (the entries of an index worth visiting), each
-    digest once, children before the index that names them; ``top``'s node is last.
+def walk(source: ImageSource, platform: Platform | None = None) -> list[Node]:
+    """Every document reachable from the source's top, each digest once, children before the index that names
+    them; the top's node is last.
 
-    More than ``MAX_INDEX_DEPTH`` indexes nested is refused in one line naming ``name``.
+    With ``platform``, each index is followed only to its entry for that platform (``Platform.choose``): the walk is
+    then a path, its first node the manifest, or the index that has nothing for ``platform``. More than
+    ``MAX_INDEX_DEPTH`` indexes nested is refused in one line naming the source.
     """
     order: list[Node] = []
     seen: set[str] = set()
     open_indexes: list[tuple[Node, Iterator[Descriptor]]] = []
 
-    def enter(desc: Descriptor, depth: int) -> None:
+    def follow(index: Node) -> list[Descriptor]:
+        if platform is None:
+            return index.entries()
+        chosen = platform.choose(index.entries())
+        return [chosen] if chosen is not None else []
+
+    def enter(desc: Descriptor, data: bytes, depth: int) -> None:
         seen.add(desc.digest)
-        node = read_node(desc, read(desc), depth, name)
+        node = read_node(desc, data, depth, source.name)
         if not node.is_index:
             order.append(node)
             return
         if depth >= MAX_INDEX_DEPTH:
-            raise OcimodelError(f"{name} nests image indexes more than {MAX_INDEX_DEPTH} deep; refusing it")
+            raise OcimodelError(f"{source.name} nests image indexes more than {MAX_INDEX_DEPTH} deep; refusing it")
         open_indexes.append((node, iter(follow(node))))
 
-    enter(top, 0)
+    enter(*source.top(), 0)
     while open_indexes:
         node, children = open_indexes[-1]
         child = next(children, None)
@@ -89,5 +97,5 @@ def walk(
             open_indexes.pop()
             order.append(node)
         elif child.digest not in seen:
-            enter(child, node.depth + 1)
+            enter(child, source.document(child), node.depth + 1)
     return order
