@@ -339,8 +339,9 @@ class Pusher:
         def attempt() -> BlobOutcome:
             """One upload session (or mount) for the blob, from its first byte."""
             nonlocal sent
-            task.advance(-sent)  # what an earlier session sent is sent again
-            sent = 0
+            if sent:  # what an earlier session sent is sent again
+                task.advance(-sent)
+                sent = 0
             mount = candidates.pop(0) if candidates else None
             session = self._start(upload, mount)
             if session is None:
