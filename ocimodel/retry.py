@@ -106,22 +106,22 @@ class Tries:
         self._on_retry = on_retry
         self._stop = stop
         self._deadline = None if policy.seconds is None else policy.clock() + policy.seconds
-        self.failures = 0
+        self._failures = 0
 
     def failed(self, failure: Exception) -> None:
         """Wait before the next try, or raise ``failure``: not worth another try, or the policy allows no more.
 
         A failure with a ``retry_after`` (a Retry-After header's value, as ``RegistryError`` has) waits that long.
-        Cancellation and interrupts are never retried; a stop set during the wait ends it (the next try is not made).
+        Cancellation and interrupts are never retried; a stop set during the wait ends it early (``retry`` then stops).
         """
-        self.failures += 1
+        self._failures += 1
         policy = self._policy
         if isinstance(failure, Cancelled) or not self._retryable(failure):
             raise failure
-        if policy.attempts is not None and self.failures >= policy.attempts:
+        if policy.attempts is not None and self._failures >= policy.attempts:
             raise failure
         retry_after = getattr(failure, "retry_after", None)
-        delay = policy.delay(self.failures, retry_after if isinstance(retry_after, str) else None)
+        delay = policy.delay(self._failures, retry_after if isinstance(retry_after, str) else None)
         if self._deadline is not None and policy.clock() + delay > self._deadline:
             raise failure
         if self._on_retry is not None:
