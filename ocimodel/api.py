@@ -31,7 +31,8 @@ from ocimodel.registry.reference import Reference, is_tag, parse_reference
 from ocimodel.results import BuildResult, PackResult, PushResult
 
 if TYPE_CHECKING:
-    from ocimodel.registry.client import RegistryClient, RetryPolicy
+    from ocimodel.registry.client import RegistryClient
+    from ocimodel.retry import RetryPolicy
     from ocimodel.source import Source
     from ocimodel.verification import Report
 
@@ -75,7 +76,7 @@ class Registry:
         retry: RetryPolicy | None = None,
     ) -> None:
         from ocimodel.registry.auth import Credentials, default_keychain
-        from ocimodel.registry.client import RetryPolicy
+        from ocimodel.retry import RetryPolicy
         from ocimodel.registry.known import KnownBlobs
 
         self.plain_http = plain_http

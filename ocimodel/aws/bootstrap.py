@@ -19,9 +19,10 @@ from ocimodel.aws import plan as p
 from ocimodel.aws import shapes
 from ocimodel.aws import snapshot_plan as sp
 from ocimodel.aws.plan import ModelBuild, Plan
-from ocimodel.aws.session import Clients, Clock, aws_call, error_code, retry_while
+from ocimodel.aws.session import Clients, Clock, aws_call, error_code, eventually
 from ocimodel.aws.steps import Step
 from ocimodel.errors import OcimodelError
+from ocimodel.retry import retry
 from ocimodel.units import human_size
 
 #: How long CodeBuild may keep refusing a role IAM just created or changed: IAM is eventually consistent, and
@@ -554,8 +555,10 @@ def role_not_ready(exc: Exception) -> bool:
 
 def _while_role_propagates(call: Callable[[], Any], clock: Clock) -> None:
     """Retry while CodeBuild cannot yet use a role IAM just created or changed, for up to three minutes."""
-    retry_while(
-        call, role_not_ready, seconds=ROLE_PROPAGATION_SECONDS, delay=ROLE_PROPAGATION_DELAY_SECONDS, clock=clock
+    retry(
+        call,
+        retryable=role_not_ready,
+        policy=eventually(ROLE_PROPAGATION_SECONDS, ROLE_PROPAGATION_DELAY_SECONDS, clock),
     )
 
 

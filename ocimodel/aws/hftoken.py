@@ -13,7 +13,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
-from ocimodel.aws.session import Clock, aws_call, error_code, retry_while
+from ocimodel.aws.session import Clock, aws_call, error_code, eventually
+from ocimodel.retry import retry
 
 #: A force-deleted secret (teardown's) lingers while Secrets Manager deletes it in the background, and its name
 #: cannot be reused until then: usually seconds.
@@ -41,9 +42,7 @@ def store(secrets: Any, name: str, token: str, clock: Clock = Clock()) -> str:
                 Description="HuggingFace token read by ocimodel's CodeBuild builds",
                 Tags=[{"Key": k, "Value": v} for k, v in p.tags_dict().items()],
             )
-            retry_while(
-                create, still_deleting, seconds=DELETION_WAIT_SECONDS, delay=DELETION_DELAY_SECONDS, clock=clock
-            )
+            retry(create, retryable=still_deleting, policy=eventually(DELETION_WAIT_SECONDS, DELETION_DELAY_SECONDS, clock))
             return "created"
         if "DeletedDate" in described:
             secrets.restore_secret(SecretId=name)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 from ocimodel.aws.plan import Account
 from ocimodel.errors import OcimodelError
+from ocimodel.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,6 @@ def aws_call(doing: str) -> Iterator[None]:
         raise OcimodelError(f"cannot {doing}: {' '.join(str(exc).split())}") from None
 
 
-T = TypeVar("T")
-
-
 @dataclass(frozen=True)
 class Clock:
     """Time as the retries see it; tests pass one that advances without sleeping."""
@@ -114,22 +112,9 @@ class Clock:
     sleep: Callable[[float], None] = time.sleep
 
 
-def retry_while(
-    call: Callable[[], T],
-    transient: Callable[[Exception], bool],
-    *,
-    seconds: float,
-    delay: float,
-    clock: Clock,
-) -> T:
-    """``call()``, again after ``delay`` seconds (doubling, up to 30) while it fails ``transient``ly, for at most
-    ``seconds``; then its last failure. For AWS's eventual consistency: IAM roles, deleted secrets."""
-    deadline = clock.now() + seconds
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not transient(exc) or clock.now() + delay > deadline:
-                raise
-        clock.sleep(delay)
-        delay = min(delay * 2, 30.0)
+def eventually(seconds: float, delay: float, clock: Clock) -> RetryPolicy:
+    """How to retry while AWS settles (IAM roles and profiles reaching CodeBuild and EC2, deleted secrets, released
+    security groups): after ``delay`` seconds, doubling up to 30, for at most ``seconds``; then the last failure."""
+    return RetryPolicy(
+        attempts=None, seconds=seconds, base_delay=delay, max_delay=30.0, jitter=False, sleep=clock.sleep, clock=clock.now
+    )

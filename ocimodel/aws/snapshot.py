@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from ocimodel.aws import snapshot_plan as sp
 from ocimodel.aws.config import Config, ModelSpec
 from ocimodel.aws.plan import MANAGED_TAG, Names
-from ocimodel.aws.session import Clients, Clock, aws_call, error_code, retry_while
+from ocimodel.aws.session import Clients, Clock, aws_call, error_code, eventually
 from ocimodel.aws.snapshot_plan import Image, Layer
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.descriptor import (
@@ -32,6 +32,7 @@ from ocimodel.layout.descriptor import (
     is_index,
 )
 from ocimodel.registry.reference import Reference, parse_ecr, parse_reference
+from ocimodel.retry import retry
 
 _MANIFEST_TYPES = [OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST]
 #: Bounds of the waits, in seconds.
@@ -449,12 +450,10 @@ class Builder:
         self.step(f"launching {plan.instance_type} from {plan.ami.id} with a {plan.volume_gib} GiB data volume")
         request = run_instances_request(plan, made.security_group, self.run_id)
         with aws_call("launch the instance"):
-            reservation = retry_while(
+            reservation = retry(
                 lambda: ec2.run_instances(**request),
-                _profile_not_ready,
-                seconds=PROFILE_PROPAGATION_SECONDS,
-                delay=POLL_SECONDS,
-                clock=self.clock,
+                retryable=_profile_not_ready,
+                policy=eventually(PROFILE_PROPAGATION_SECONDS, POLL_SECONDS, self.clock),
             )
         made.instance = reservation["Instances"][0]["InstanceId"]
         self._wait_state(made.instance, "running", RUNNING_SECONDS)
@@ -550,12 +549,10 @@ class Builder:
             group = made.security_group
 
             def delete_group() -> None:
-                retry_while(
+                retry(
                     lambda: ec2.delete_security_group(GroupId=group),
-                    lambda exc: error_code(exc) == "DependencyViolation",
-                    seconds=SECURITY_GROUP_RELEASE_SECONDS,
-                    delay=POLL_SECONDS,
-                    clock=self.clock,
+                    retryable=lambda exc: error_code(exc) == "DependencyViolation",
+                    policy=eventually(SECURITY_GROUP_RELEASE_SECONDS, POLL_SECONDS, self.clock),
                 )
 
             self._try(made, f"security group {group}", delete_group)

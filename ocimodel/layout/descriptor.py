@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -40,6 +42,21 @@ DOCUMENT_MAX_BYTES = 16 << 20
 MAX_INDEX_DEPTH = 4
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: The descriptor fields ``Descriptor`` has attributes for; any other is kept as read.
+_MODELLED = frozenset({"mediaType", "digest", "size", "annotations", "platform", "urls", "data", "artifactType"})
+
+
+def _check_data(data: Any, digest: str, size: int) -> None:
+    """Embedded content must be base64 (RFC 4648) of exactly the bytes the digest names; the size is checked before
+    anything is decoded or hashed."""
+    if not isinstance(data, str) or len(data) % 4 or len(data) // 4 * 3 - data[-2:].count("=") != size:
+        raise ValueError(f"descriptor of {digest} has data that is not base64 of {size} bytes")
+    try:
+        content = base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise ValueError(f"descriptor of {digest} has data that is not base64 of {size} bytes") from None
+    if sha256_digest(content) != digest:
+        raise ValueError(f"descriptor of {digest} has embedded data that hashes to {sha256_digest(content)} instead")
 
 
 def is_index(media_type: str, doc: Mapping[str, Any]) -> bool:
@@ -145,32 +162,62 @@ class Platform:
 
 @dataclass(frozen=True)
 class Descriptor:
-    """A pointer to content: what it is, its digest and size, and optional annotations and platform."""
+    """A pointer to content: what it is, its digest and size, and optional annotations and platform.
+
+    What a descriptor read from elsewhere holds beyond that (``urls`` of a foreign layer, embedded ``data``, an
+    ``artifactType``, fields of later spec versions or other tools) is kept and written back as it came, keys in
+    their order, so re-emitting a base's layers or another tool's index entries changes nothing of theirs.
+    """
 
     media_type: str
     digest: str
     size: int
     annotations: Mapping[str, str] = field(default_factory=dict)
     platform: Platform | None = None
+    urls: tuple[str, ...] = ()
+    data: str | None = None
+    artifact_type: str | None = None
+    #: Fields this model does not know, as read (any JSON value).
+    unknown: Mapping[str, Any] = field(default_factory=dict)
+    #: The keys in the order they were read: the written object has the read one's bytes. Empty for our own.
+    key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.urls or "urls" in self.key_order:
+            out["urls"] = list(self.urls)
         if self.platform is not None:
             out["platform"] = self.platform.to_json()
-        if self.annotations:
+        if self.annotations or "annotations" in self.key_order:
             out["annotations"] = dict(self.annotations)
-        return out
+        if self.data is not None:
+            out["data"] = self.data
+        if self.artifact_type is not None:
+            out["artifactType"] = self.artifact_type
+        out.update(self.unknown)
+        if not self.key_order:
+            return out
+        return {**{k: out[k] for k in self.key_order if k in out}, **out}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Descriptor:
         """ValueError, in one line, for anything a hand-edited or hostile document may hold instead of a descriptor:
-        every later use (tags as dict keys, media types searched for ``tar``) trusts these types."""
+        every later use (tags as dict keys, media types searched for ``tar``) trusts these types.
+
+        Embedded ``data`` must be what the digest names (image-spec descriptor.md: the decoded data MUST be identical
+        to the referenced content): a base whose descriptor lies there is refused rather than copied into our image,
+        where a runtime reading ``data`` would run other bytes than the digest says.
+        """
         try:
             digest = obj["digest"]
             size = obj["size"]
             media_type = obj.get("mediaType", "")
             annotations = obj.get("annotations") or {}
             platform = Platform.from_json(obj["platform"]) if obj.get("platform") else None
+            urls = obj.get("urls") or []
+            data = obj.get("data")
+            artifact_type = obj.get("artifactType")
+            unknown = {k: v for k, v in obj.items() if k not in _MODELLED}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed descriptor {_excerpt(obj)}") from exc
         if not isinstance(digest, str) or not is_digest(digest):
@@ -183,7 +230,15 @@ class Descriptor:
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
         ):
             raise ValueError(f"descriptor of {digest} has annotations {_excerpt(annotations)}, not strings by name")
-        return cls(media_type, digest, size, dict(annotations), platform)
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise ValueError(f"descriptor of {digest} has urls {_excerpt(urls)}, not a list of strings")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise ValueError(f"descriptor of {digest} has artifactType {_excerpt(artifact_type)}, not a string")
+        if data is not None:
+            _check_data(data, digest, size)
+        return cls(
+            media_type, digest, size, dict(annotations), platform, tuple(urls), data, artifact_type, unknown, tuple(obj)
+        )
 
     @classmethod
     def of_bytes(cls, media_type: str, data: bytes, annotations: Mapping[str, str] | None = None) -> Descriptor:

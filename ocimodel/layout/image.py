@@ -6,7 +6,7 @@ Pure functions from JSON documents and descriptors to new JSON documents; writin
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from ocimodel.layout.descriptor import (
@@ -81,11 +81,12 @@ def scratch(platform: Platform) -> Base:
 
 
 def base_layers(base: Base) -> list[Descriptor]:
-    """The base's layers, with Docker media types renamed to their OCI twins: same bytes, so same digests."""
+    """The base's layers, with Docker media types renamed to their OCI twins: same bytes, so same digests. All else
+    a descriptor holds (``urls`` of a foreign layer, ``data``, fields we do not know) stays as the base has it."""
     out = []
     for raw in base.manifest.get("layers", []):
         d = Descriptor.from_json(raw)
-        out.append(Descriptor(_OCI_EQUIVALENT.get(d.media_type, d.media_type), d.digest, d.size, d.annotations))
+        out.append(replace(d, media_type=_OCI_EQUIVALENT.get(d.media_type, d.media_type)))
     return out
 
 

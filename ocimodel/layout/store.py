@@ -14,6 +14,7 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Iterable, Iterator
@@ -407,9 +408,7 @@ class Layout:
         The blob directory is synced first, so after a power loss the index never names a blob whose directory
         entry was lost; a lock keeps two packs into one layout from dropping each other's tags.
         """
-        entry = Descriptor(
-            desc.media_type, desc.digest, desc.size, {**desc.annotations, ANNOTATION_REF_NAME: tag}, desc.platform
-        )
+        entry = replace(desc, annotations={**desc.annotations, ANNOTATION_REF_NAME: tag})
         with _writing(self.index_path), open(self.root / "oci-layout", "rb") as marker:
             _fsync_dir(self.blob_dir)
             fcntl.flock(marker.fileno(), fcntl.LOCK_EX)

@@ -10,15 +10,13 @@ import hashlib
 import http.client
 import json
 import logging
-import random
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
@@ -38,6 +36,7 @@ from ocimodel.layout.descriptor import (
 )
 from ocimodel.registry.auth import Authenticator, Keychain, default_keychain, repository_scope
 from ocimodel.registry.reference import registry_url
+from ocimodel.retry import RetryPolicy, Tries, retry
 
 log = logging.getLogger("ocimodel.registry")
 
@@ -77,36 +76,6 @@ class RegistryError(OcimodelError):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff with full jitter; ``sleep`` is injectable so tests never wait."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-    max_retry_after: float = 60.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait before try ``attempt + 1``; a server's Retry-After wins, within reason."""
-        if retry_after:
-            seconds = _parse_retry_after(retry_after)
-            if seconds is not None:
-                return min(max(seconds, 0.0), self.max_retry_after)
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-def _parse_retry_after(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError):
-        return None
-
-
-@dataclass(frozen=True)
 class Deadlines:
     """How long a registry may keep us waiting, so a silent or trickling one costs seconds, and says so, not hours.
 
@@ -131,6 +100,15 @@ _local = threading.local()
 
 class DeadlineExceeded(requests.Timeout):
     """A watched wait ran out; its message says which deadline, for the error line."""
+
+
+class _TransientAnswer(Exception):
+    """An answer worth asking again for (408, 429, 5xx), as a failure ``retry`` can see, with its Retry-After."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+        self.retry_after = response.headers.get("Retry-After")
 
 
 class _Guard:
@@ -368,7 +346,11 @@ class RegistryClient:
         """
         hasher = hashlib.sha256()
         received = 0
-        drops = 0
+
+        def resuming(lost: Exception, delay: float) -> None:
+            log.info("%s; resuming at byte %d in %.1fs", lost, received, delay)
+
+        drops = Tries(self._retry, retryable=lambda _: True, on_retry=resuming)
         while True:
             headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={received}-"} if received else {})}
             response = self.request("GET", self.url(repository, f"blobs/{digest}"), repository, headers=headers,
@@ -395,13 +377,8 @@ class RegistryClient:
                         raise OSError(guard.expired)
                     break
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
-                    drops += 1
                     lost = self._lost_connection(response, what, DeadlineExceeded(guard.expired) if guard.expired else exc)
-                    if drops >= self._retry.attempts:
-                        raise lost from None
-            delay = self._retry.delay(drops)
-            log.info("%s; resuming at byte %d in %.1fs", lost, received, delay)
-            self._retry.sleep(delay)
+            drops.failed(lost)  # out of the except: the error line must not chain requests' URL-bearing messages
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(
@@ -508,31 +485,44 @@ class RegistryClient:
         method: str,
         url: str,
         repository: str | None,
-        retry: bool,
+        retry_transient: bool,
     ) -> requests.Response:
-        attempts = self._retry.attempts if retry else 1
-        attempt = 1
-        while True:
+        """``send()``, again after a lost connection or a transient status, when ``retry_transient``; the last
+        transient answer is returned for the caller to explain."""
+
+        def attempt() -> requests.Response:
             try:
                 response = send()
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= attempts:
-                    # No chained cause: requests' messages carry full URLs, presigned signatures included.
-                    raise self._unreachable(exc, url, repository) from None
-                delay = self._retry.delay(attempt)
-                log.info("%s %s failed (%s); retrying in %.1fs", method, _redact(url), _reason(exc), delay)
+            except (requests.ConnectionError, requests.Timeout):
+                raise
             except requests.RequestException as exc:  # a malformed URL or answer: retrying will not help
                 raise OcimodelError(
                     f"registry {self.registry}: {method} {_redact(url)} failed ({type(exc).__name__})"
                 ) from None
+            if response.status_code in _TRANSIENT_STATUSES:
+                raise _TransientAnswer(response)
+            return response
+
+        def on_retry(failure: Exception, delay: float) -> None:
+            if isinstance(failure, _TransientAnswer):
+                _discard(failure.response)
+                log.info("%s %s answered %d; retrying in %.1fs", method, _redact(url), failure.response.status_code, delay)
             else:
-                if response.status_code not in _TRANSIENT_STATUSES or attempt >= attempts:
-                    return response
-                delay = self._retry.delay(attempt, response.headers.get("Retry-After"))
-                _discard(response)
-                log.info("%s %s answered %d; retrying in %.1fs", method, _redact(url), response.status_code, delay)
-            self._retry.sleep(delay)
-            attempt += 1
+                log.info("%s %s failed (%s); retrying in %.1fs", method, _redact(url), _reason(failure), delay)
+
+        policy = self._retry if retry_transient else replace(self._retry, attempts=1)
+        try:
+            return retry(
+                attempt,
+                retryable=lambda exc: isinstance(exc, (requests.ConnectionError, requests.Timeout, _TransientAnswer)),
+                policy=policy,
+                on_retry=on_retry,
+            )
+        except _TransientAnswer as last:
+            return last.response
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            # No chained cause: requests' messages carry full URLs, presigned signatures included.
+            raise self._unreachable(exc, url, repository) from None
 
     def _exchange(self, small: str | None, method: str, url: str, **kwargs: Any) -> requests.Response:
         """``session.request`` without netrc (it would put ~/.netrc credentials over ours); a small request (``small``
@@ -566,7 +556,7 @@ class RegistryClient:
             "GET",
             url,
             None,
-            retry=True,
+            retry_transient=True,
         )
 
     def _unreachable(self, exc: requests.RequestException, url: str, repository: str | None) -> RegistryError:

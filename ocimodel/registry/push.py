@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,10 +29,11 @@ from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import read_range
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
-from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
-from ocimodel.results import BlobOutcome, PushResult
+from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.reference import Reference, parse_ecr
+from ocimodel.results import BlobOutcome, PushResult
+from ocimodel.retry import RetryPolicy, retry
 from ocimodel.units import human_size
 
 log = logging.getLogger("ocimodel.registry")
@@ -278,48 +279,64 @@ class Pusher:
             return BlobOutcome(upload.digest, upload.size, "skipped")
         task = self.reporter.task(upload.label, upload.size)
         candidates = self._mount_candidates(upload.digest) if upload.digest else []
-        failures = 0
-        while True:
+        sent = 0
+
+        def progress(n: int) -> None:
+            nonlocal sent
             check(stop)
-            sent = 0
+            sent += n
+            task.advance(n)
 
-            def progress(n: int) -> None:
-                nonlocal sent
-                check(stop)
-                sent += n
-                task.advance(n)
-
-            try:
-                mount = candidates.pop(0) if candidates else None
-                session = self._start(upload, mount)
-                if session is None:
-                    assert upload.digest is not None
-                    task.finish(f"mounted from {mount}")
-                    return BlobOutcome(upload.digest, upload.size, "mounted", mount)
-                hasher = None if upload.digest else _StreamHash()
-                if self._use_chunks(upload.size):
+        def attempt() -> BlobOutcome:
+            """One upload session (or mount) for the blob, from its first byte."""
+            nonlocal sent
+            if sent:  # what an earlier session sent is sent again
+                task.advance(-sent)
+                sent = 0
+            mount = candidates.pop(0) if candidates else None
+            session = self._start(upload, mount)
+            if session is None:
+                assert upload.digest is not None
+                task.finish(f"mounted from {mount}")
+                return BlobOutcome(upload.digest, upload.size, "mounted", mount)
+            hasher = None if upload.digest else _StreamHash()
+            if self._use_chunks(upload.size):
+                try:
                     digest = self._upload_chunked(upload, session, progress, hasher)
-                else:
-                    digest = self._upload_whole(upload, session, progress, hasher)
-                task.finish("uploaded")
-                return BlobOutcome(digest, upload.size, "uploaded")
-            except _ChunkingBroken as exc:
-                with self.lock:
-                    if self.chunking:
-                        log.warning("registry %s mishandles chunked uploads (%s): using whole-blob uploads", self.client.registry, exc)
-                    self.chunking = False
-            except RegistryError as exc:
-                if upload.digest is not None and "DIGEST_INVALID" in exc.codes:
-                    raise self._mismatch(upload, exc) from None
-                failures += 1
-                # 416: the registry and we disagree on how much of the session it holds; a fresh one settles it.
-                restartable = exc.transient or bool(exc.codes & _SESSION_LOST) or exc.status == 416
-                if not restartable or failures >= self.options.attempts:
-                    raise
-                delay = self.options.retry.delay(failures, exc.retry_after)
-                log.info("blob %s: %s; starting over in %.1fs", upload.label, exc, delay)
-                self.options.retry.sleep(delay)
-            task.advance(-sent)
+                except _ChunkingBroken as exc:
+                    with self.lock:
+                        if self.chunking:
+                            log.warning("registry %s mishandles chunked uploads (%s): using whole-blob uploads", self.client.registry, exc)
+                        self.chunking = False
+                    return attempt()  # at once, not as a failure; once, since chunking is now off for good
+            else:
+                digest = self._upload_whole(upload, session, progress, hasher)
+            task.finish("uploaded")
+            return BlobOutcome(digest, upload.size, "uploaded")
+
+        def restartable(exc: Exception) -> bool:
+            # 416: the registry and we disagree on how much of the session it holds; a fresh one settles it.
+            return (
+                isinstance(exc, RegistryError)
+                and not _digest_refused(upload, exc)
+                and (exc.transient or bool(exc.codes & _SESSION_LOST) or exc.status == 416)
+            )
+
+        def starting_over(exc: Exception, delay: float) -> None:
+            log.info("blob %s: %s; starting over in %.1fs", upload.label, exc, delay)
+
+        try:
+            return retry(
+                attempt,
+                retryable=restartable,
+                policy=replace(self.options.retry, attempts=self.options.attempts),
+                on_retry=starting_over,
+                stop=stop,
+            )
+        except RegistryError as exc:
+            if _digest_refused(upload, exc):
+                raise self._mismatch(upload, exc) from None
+            raise
 
     def _mismatch(self, upload: Upload, exc: RegistryError) -> RegistryError:
         """The registry found the bytes do not hash to the digest they were sent under: name the blob, not the
@@ -384,28 +401,22 @@ class Pusher:
     def _upload_chunked(
         self, upload: Upload, session: _Session, progress: Callable[[int], None], hasher: _StreamHash | None
     ) -> str:
-        """PATCH chunk after chunk; after a failure, ask the registry how far it got and go on from there."""
+        """PATCH chunk after chunk; after a failure, ask the registry how far it got and go on from there.
+
+        Only failures without progress in between add up (each chunk has the retry budget), so a long upload may meet
+        many: the first try and ``attempts`` resumes per chunk.
+        """
         chunk = max(self.options.chunk_size, session.min_chunk)
         offset = 0
-        stalls = 0
         sent_end = 0  # the end of the bytes sent so far in this session: the registry cannot hold more
-        while offset < upload.size:
-            length = min(chunk, upload.size - offset)
-            end = offset + length - 1
-            body = _Body(upload, offset, length, progress, hasher)
-            sent_end = max(sent_end, end + 1)
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{offset}-{end}",
-                "Content-Length": str(length),
-            }
-            try:
-                response = self._request("PATCH", session.location, headers, body, ok=(201, 202))
-            except RegistryError as exc:
-                if not exc.transient or stalls >= self.options.attempts:
-                    raise
-                stalls += 1
-                self.options.retry.sleep(self.options.retry.delay(stalls, exc.retry_after))
+        failed: tuple[int, _Body, RegistryError] | None = None  # the last PATCH, when it failed: its end, body, error
+
+        def patch() -> int:
+            """Send the chunk at ``offset``, after a failure from where the registry got to; the next offset."""
+            nonlocal offset, sent_end, failed
+            if failed is not None:
+                end, body, exc = failed
+                failed = None  # a failure of the query below is not a stalled PATCH: it ends the session
                 resumed = self._resume_point(session)
                 if resumed > sent_end:
                     # A Range past what was ever sent (past the blob's end, even) is not a place to resume from.
@@ -418,7 +429,20 @@ class Pusher:
                 # The bar counted what left this process, not what the registry kept.
                 progress(resumed - offset - body.counted)
                 offset = resumed
-                continue
+            length = min(chunk, upload.size - offset)
+            end = offset + length - 1
+            body = _Body(upload, offset, length, progress, hasher)
+            sent_end = max(sent_end, end + 1)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{end}",
+                "Content-Length": str(length),
+            }
+            try:
+                response = self._request("PATCH", session.location, headers, body, ok=(201, 202))
+            except RegistryError as exc:
+                failed = end, body, exc
+                raise
             with response:
                 if response.status_code != 202:
                     raise _ChunkingBroken(f"PATCH answered {response.status_code}, not 202")
@@ -426,8 +450,11 @@ class Pusher:
                 if got != end:
                     raise _ChunkingBroken(f"Range {response.headers.get('Range')!r} after sending bytes {offset}-{end}")
                 session.location = urljoin(response.url, response.headers.get("Location") or session.location)
-            offset = end + 1
-            stalls = 0  # only failures without progress in between add up; a long upload may meet many
+            return end + 1
+
+        policy = replace(self.options.retry, attempts=self.options.attempts + 1)
+        while offset < upload.size:
+            offset = retry(patch, retryable=lambda _: failed is not None and failed[2].transient, policy=policy)
         return self._close(upload, session, hasher)
 
     def _close(self, upload: Upload, session: _Session, hasher: _StreamHash | None) -> str:
@@ -486,6 +513,11 @@ class Pusher:
                 f"digest {answered}: it stored something other than the bytes sent, and {self.repository}:{reference} "
                 f"may now point at {answered}; do not deploy it, and report the registry's behaviour"
             )
+
+
+def _digest_refused(upload: Upload, exc: RegistryError) -> bool:
+    """The registry found a blob's bytes do not hash to the digest named up front: sending them again cannot help."""
+    return upload.digest is not None and "DIGEST_INVALID" in exc.codes
 
 
 def _range_end(value: str | None) -> int | None:

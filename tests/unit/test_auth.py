@@ -23,7 +23,8 @@ from ocimodel.registry.auth import (
     config_credentials,
     default_keychain,
 )
-from ocimodel.registry.client import RegistryClient, RetryPolicy
+from ocimodel.registry.client import RegistryClient
+from ocimodel.retry import RetryPolicy
 from tests.registry_stub import RegistryStub, isolate_credentials
 
 PASSWORD = "pa55-Word-never-shown"

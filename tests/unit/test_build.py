@@ -30,10 +30,11 @@ from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from ocimodel.layout.store import BlobWriter, Layout
 from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.registry.auth import Credentials, Keychain
-from ocimodel.registry.client import RegistryClient, RetryPolicy
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.push import PushOptions, push
-from ocimodel.results import BuildResult, PushResult
 from ocimodel.registry.reference import parse_reference
+from ocimodel.results import BuildResult, PushResult
+from ocimodel.retry import RetryPolicy
 from ocimodel.source.local import LocalSource
 from tests.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
 from tests.unit.test_push import (

@@ -19,9 +19,10 @@ from ocimodel.registry.build import BuildOptions, build
 from ocimodel.errors import OcimodelError
 from ocimodel.layout.pack import PackOptions
 from ocimodel.registry.auth import Keychain
-from ocimodel.registry.client import RegistryClient, RetryPolicy
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.push import PushOptions
 from ocimodel.registry.reference import parse_reference
+from ocimodel.retry import RetryPolicy
 from ocimodel.source import Filters, Provenance, SourceFile, StagedSource
 from ocimodel.source.local import LocalSource
 from tests.registry_stub import RegistryStub

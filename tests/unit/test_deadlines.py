@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ocimodel.registry.auth import Keychain
-from ocimodel.registry.client import Deadlines, RegistryClient, RegistryError, RetryPolicy
+from ocimodel.registry.client import Deadlines, RegistryClient, RegistryError
+from ocimodel.retry import RetryPolicy
 
 DIGEST = "sha256:" + "a" * 64
 DEADLINES = Deadlines(connect=5, read=30, small=0.5, stall=0.5, notice=0.1)

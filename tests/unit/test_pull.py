@@ -19,9 +19,10 @@ from ocimodel.layout.descriptor import (
 )
 from ocimodel.layout.store import Layout
 from ocimodel.registry.auth import Credentials, Keychain
-from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
+from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.pull import PulledImage, pull_image
 from ocimodel.registry.reference import Reference, parse_reference
+from ocimodel.retry import RetryPolicy
 from tests.registry_stub import Behaviour, Fault, RegistryStub
 
 REPO = "library/busybox"

@@ -36,12 +36,13 @@ from ocimodel.layout.descriptor import (
 )
 from ocimodel.layout.store import Layout
 from ocimodel.registry.auth import Credentials, EcrCredentials, Keychain
-from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
+from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import PushOptions, Upload, is_ecr, push
 from ocimodel.results import PushResult
 from ocimodel.registry.push import Pusher as BlobSender
 from ocimodel.registry.reference import parse_reference
+from ocimodel.retry import RetryPolicy
 from tests.registry_stub import (
     Behaviour,
     Fault,

@@ -20,9 +20,10 @@ from ocimodel.errors import OcimodelError
 from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.registry.auth import Keychain
-from ocimodel.registry.client import RegistryClient, RetryPolicy
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.push import PushOptions
 from ocimodel.registry.reference import parse_reference
+from ocimodel.retry import RetryPolicy
 from ocimodel.source import Filters, Provenance, SourceFile
 from ocimodel.source.hub import HubFile, HubSource
 from ocimodel.source.local import LocalSource
