@@ -28,7 +28,7 @@ from ocimodel.layout.descriptor import (
 )
 from ocimodel.layout.image import Base, build_manifest, scratch
 from ocimodel.layout.store import Layout
-from ocimodel.pack import PackOptions, pack
+from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
 from tests.registry_stub import RegistryStub
