@@ -35,8 +35,8 @@ from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Account, Names, Plan, model_build
 from ocimodel.aws.wheel import bundle, installed_wheel
 from tests.harness.registry import Registry
-from tests.hub_server import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
-from tests.unit.aws_seed import seed_managed_policy
+from tests.harness.hub import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
+from tests.harness.aws import seed_managed_policy
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

@@ -1,4 +1,4 @@
-"""``ocimodel pack ORG/NAME``: HuggingFace Hub repos as sources, against the local Hub look-alike in tests/hub_server.
+"""``ocimodel pack ORG/NAME``: HuggingFace Hub repos as sources, against the local Hub look-alike in tests/harness/hub.
 
 The CLI runs as a subprocess with ``HF_ENDPOINT`` at the test server and ``HF_HOME`` in a temporary folder, so
 huggingface_hub does exactly what it would do against the real Hub, and the server's request log shows what was
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import GRANTED_TOKEN, UNGRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
+from tests.harness.hub import GRANTED_TOKEN, UNGRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
 from tests.harness.cli import assert_clean_error
 
 TINY = tiny_repo()

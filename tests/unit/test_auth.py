@@ -24,7 +24,7 @@ from ocimodel.registry.auth import (
     default_keychain,
 )
 from ocimodel.registry.client import RegistryClient, RetryPolicy
-from tests.registry_stub import RegistryStub, isolate_credentials
+from tests.harness.registry_stub import RegistryStub, isolate_credentials
 
 PASSWORD = "pa55-Word-never-shown"
 REPO = "library/busybox"

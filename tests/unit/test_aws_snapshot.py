@@ -25,26 +25,22 @@ from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Names
 from ocimodel.aws.session import Clients, whoami
 from ocimodel.errors import OcimodelError
-from tests.registry_stub import RegistryStub
-from tests.unit.aws_seed import seed_public_parameter
-from tests.unit.test_aws_bootstrap import (  # noqa: F401 (the fixtures are shared by import)
+from tests.harness.registry_stub import RegistryStub
+from tests.harness.aws import (
     ACCOUNT,
     CONFIG,
     REGION,
     REGISTRY,
     FakeClock,
+    ShapeCheck,
     Wrapped,
-    aws,
+    checking,
     client_error,
-    config_file,
-    hub,
     invoke,
     make_plan,
-    moto_account,
     run_bootstrap,
-    wheel,
+    seed_public_parameter,
 )
-from tests.unit.test_aws_limits import ShapeCheck
 
 SERVICES = ("ecr", "iam", "sts", "ec2", "ssm")
 PROFILE = f"ocimodel-snapshot-{REGION}"
@@ -72,12 +68,8 @@ class Recorded(ShapeCheck):
 
 @pytest.fixture
 def checked(aws: Clients) -> Iterator[Recorded]:
-    check = Recorded()
-    for service in SERVICES:
-        getattr(aws, service).meta.events.register("before-parameter-build", check, unique_id="snapshot-check")
-    yield check
-    for service in SERVICES:
-        getattr(aws, service).meta.events.unregister("before-parameter-build", unique_id="snapshot-check")
+    with checking(aws, SERVICES, Recorded()) as check:
+        yield check
 
 
 def manifest(layers: list[tuple[str, int]]) -> str:

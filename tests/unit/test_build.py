@@ -33,7 +33,7 @@ from ocimodel.registry.client import RegistryClient, RetryPolicy
 from ocimodel.registry.push import PushOptions, PushResult, push
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
+from tests.harness.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
 from tests.unit.test_push import (
     ECR_HOST,
     Recorder,

@@ -9,7 +9,7 @@ import requests
 
 from ocimodel.errors import OcimodelError
 from ocimodel.registry.auth import Credentials
-from tests.registry_stub import Behaviour, RegistryStub
+from tests.harness.registry_stub import Behaviour, RegistryStub
 from tests.unit.test_build import ECR_HOST, PASSWORD, Builder, _Redirector
 
 #: ECR's largest layer, 52,000 MiB (ECR service quotas).

@@ -24,7 +24,7 @@ from ocimodel.registry.push import PushOptions
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source import Filters, Provenance, SourceFile, StagedSource
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import RegistryStub
+from tests.harness.registry_stub import RegistryStub
 from tests.unit.test_push import Recorder
 
 SHARD = 300_000

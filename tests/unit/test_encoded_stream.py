@@ -28,7 +28,7 @@ from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.tarlayer import EncodedLayer, Member, encode_layer, tar_chunks, tar_size
 from ocimodel.source import Filters
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import Fault, RegistryStub
+from tests.harness.registry_stub import Fault, RegistryStub
 from tests.unit.test_build import (
     CHUNK,
     Builder,

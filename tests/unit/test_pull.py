@@ -22,7 +22,7 @@ from ocimodel.registry.auth import Credentials, Keychain
 from ocimodel.registry.client import RegistryClient, RegistryError, RetryPolicy
 from ocimodel.registry.pull import PulledImage, pull_image
 from ocimodel.registry.reference import Reference, parse_reference
-from tests.registry_stub import Behaviour, Fault, RegistryStub
+from tests.harness.registry_stub import Behaviour, Fault, RegistryStub
 
 REPO = "library/busybox"
 AMD64 = Platform("linux", "amd64")

@@ -41,7 +41,7 @@ from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import PushOptions, PushResult, Upload, is_ecr, push
 from ocimodel.registry.push import Pusher as BlobSender
 from ocimodel.registry.reference import parse_reference
-from tests.registry_stub import (
+from tests.harness.registry_stub import (
     Behaviour,
     Fault,
     LoggedRequest,
