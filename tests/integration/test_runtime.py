@@ -23,8 +23,7 @@ import pytest
 from tests.harness.busybox import native_platform
 from tests.harness.containerd import Containerd, ContainerdError, sha256_tree
 from tests.harness.registry import Registry
-from tests.harness.cli import explain
-from tests.integration.test_push import Env, run_cli
+from tests.harness.cli import Env, explain
 
 #: The harness's two-platform busybox base (tests/conftest.py); the node's own platform is one of them.
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -59,7 +58,7 @@ def node(containerd: Containerd) -> Iterator[Containerd]:
 
 
 def cli(env: Env, *args: str | Path) -> str:
-    result = run_cli(env, *args)
+    result = env.run(*args)
     assert result.returncode == 0, explain(result)
     return result.stdout.splitlines()[-1]
 
@@ -150,7 +149,7 @@ def test_a_scratch_image_fails_to_start_and_verify_said_so(
         env, source.model, f"{registry.host}/runtime-tests/scratch-{uuid.uuid4().hex[:8]}:v1", "--base", "scratch"
     )
 
-    verdict = run_cli(env, "verify", ref, "--mode", "modelcar", "--json")
+    verdict = env.run("verify", ref, "--mode", "modelcar", "--json")
     assert verdict.returncode == EXIT_CHECK_FAILED, explain(verdict)
     checks = {c["id"]: c for c in json.loads(verdict.stdout)["checks"]}
     assert checks["modelcar.tools"]["result"] == "fail", explain(verdict)

@@ -1,0 +1,161 @@
+"""``build`` into the registry stub in-process, with policies that never sleep, and the yardstick it is judged by:
+the image ``pack`` makes of the same model (its manifest, config and layer bytes), which a build must leave in the
+registry byte for byte."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ocimodel.build import BuildOptions, BuildResult, build, build_with_layout
+from ocimodel.layout.store import Layout
+from ocimodel.pack import PackOptions, pack
+from ocimodel.registry.auth import Credentials, Keychain
+from ocimodel.registry.client import RegistryClient, RetryPolicy
+from ocimodel.registry.push import PushOptions, PushResult
+from ocimodel.registry.reference import parse_reference
+from ocimodel.source.local import LocalSource
+from tests.harness.progress import Recorder
+from tests.harness.registry_stub import RegistryStub
+
+REPO = "models/built"
+CHUNK = 64 * 1024
+PASSWORD = "bu1ld-Pa55word-never-shown"
+#: The one shard big enough to be chunked: its layer is five full chunks and a ragged end, plus tar framing.
+BIG = 5 * CHUNK + 1234
+SMALL_SHARD = 40_000
+
+
+def make_model(root: Path, shards: Sequence[int] = (BIG, SMALL_SHARD), small: bool = True, seed: int = 0) -> Path:
+    """Weights (a layer each) and, with ``small``, configs that share one layer."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    for i, size in enumerate(shards, 1):
+        (root / f"model-{i:05d}-of-{len(shards):05d}.safetensors").write_bytes(rng.randbytes(size))
+    if small:
+        (root / "config.json").write_text(json.dumps({"hidden_size": 64, "seed": seed}))
+        (root / "tokenizer").mkdir()
+        (root / "tokenizer" / "vocab.txt").write_text("\n".join(rng.randbytes(4).hex() for _ in range(300)))
+    return root
+
+
+@dataclass
+class Builder:
+    """Builds into the stub with policies that never sleep; keeps the delays that were asked for."""
+
+    stub: RegistryStub
+    creds: Credentials | None = None
+    registry: str | None = None
+    session: requests.Session | None = None
+    client_sleeps: list[float] = field(default_factory=list)
+    push_sleeps: list[float] = field(default_factory=list)
+    reporter: Recorder = field(default_factory=Recorder)
+
+    def client(self) -> RegistryClient:
+        creds = self.creds
+        return RegistryClient(
+            self.registry or self.stub.host,
+            plain_http=True,
+            keychain=Keychain((lambda host: creds,)),
+            session=self.session,
+            retry=RetryPolicy(sleep=self.client_sleeps.append),
+        )
+
+    def __call__(
+        self,
+        source: Path,
+        repo: str = REPO,
+        *,
+        tag: str = "latest",
+        compression: str = "none",
+        base: str = "scratch",
+        use_cache: bool = True,
+        two_pass: bool = False,
+        layout: Path | None = None,
+        **push_options: Any,
+    ) -> BuildResult:
+        push_options.setdefault("chunk_size", CHUNK)
+        options = BuildOptions(
+            pack=PackOptions(base=base, compression=compression, use_cache=use_cache),
+            push=PushOptions(retry=RetryPolicy(sleep=self.push_sleeps.append), **push_options),
+            two_pass=two_pass,
+        )
+        ref = parse_reference(f"{self.registry or self.stub.host}/{repo}:{tag}")
+        model = LocalSource.from_path(source)
+        with self.client() as client:
+            if layout is not None:
+                return build_with_layout(model, ref, layout, options, self.reporter, client)
+            return build(model, ref, options, self.reporter, client)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """What ``pack`` made of a model: the manifest digest, and the manifest, config and layer bytes by digest."""
+
+    digest: str
+    manifest: dict[str, Any]
+    blobs: dict[str, bytes]
+
+    @property
+    def layers(self) -> list[str]:
+        return [d["digest"] for d in self.manifest["layers"]]
+
+
+def packed(layout_dir: Path, digest: str) -> Packed:
+    layout = Layout.open(layout_dir)
+    manifest = json.loads(layout.read_blob(digest))
+    parts = [manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
+    return Packed(digest, manifest, {digest: layout.read_blob(digest), **{d: layout.read_blob(d) for d in parts}})
+
+
+def pack_model(source: Path, layout_dir: Path, *, compression: str = "none", base: str = "scratch") -> Packed:
+    """The yardstick image, made without the digest cache so it cannot lend a build its digests."""
+    options = PackOptions(base=base, compression=compression, use_cache=False)
+    manifest = pack(LocalSource.from_path(source), layout_dir, options, Recorder())
+    return packed(layout_dir, manifest.digest)
+
+
+def assert_holds(stub: RegistryStub, result: BuildResult | PushResult, image: Packed, repo: str = REPO,
+                 tag: str = "latest") -> None:
+    """The registry holds ``image`` under the tag, and the result says so: every byte as ``pack`` wrote it."""
+    pushed = result.push if isinstance(result, BuildResult) else result
+    assert pushed.digest == image.digest
+    assert pushed.reference == f"{pushed.reference.split('/', 1)[0]}/{repo}@{image.digest}"
+    held = stub.repository(repo)
+    assert held.manifests[tag][0] == image.blobs[image.digest]
+    for digest, data in image.blobs.items():
+        if digest != image.digest:
+            assert held.blobs.get(digest) == data, f"blob {digest} differs or is missing"
+    assert {b.digest for b in pushed.blobs} == set(image.blobs) - {image.digest}
+    assert_dependency_order(stub, repo)
+
+
+def assert_dependency_order(stub: RegistryStub, repo: str) -> None:
+    """Nothing was stored in ``repo`` before what it references (unless the repository held that already), and
+    its last manifest PUT came after its last blob was complete.
+
+    Unlike push's version, several builds may share the log, and a rebuild stores no blob it skipped.
+    """
+    stored = [s for s in stub.stored if s.repo == repo]
+    in_log, seen = {s.digest for s in stored}, set[str]()
+    for event in stored:
+        if event.kind == "manifest":
+            doc = json.loads(stub.repository(repo).manifests[event.digest][0])
+            refs = {d["digest"] for d in [doc["config"], *doc["layers"]]}
+            assert refs & in_log <= seen, f"manifest {event.digest} stored before {(refs & in_log) - seen}"
+        seen.add(event.digest)
+    log = [r for r in stub.requests_to() if r.path.startswith(f"/v2/{repo}/")]
+    manifests = [i for i, r in enumerate(log) if r.method == "PUT" and "/manifests/" in r.path]
+    blobs_done = [i for i, r in enumerate(log) if r.status == 201 and "/blobs/" in r.path]
+    assert manifests and all(i < manifests[-1] for i in blobs_done)
+
+
+def layer_digests(stub: RegistryStub, result: BuildResult, repo: str = REPO) -> list[str]:
+    manifest = json.loads(stub.repository(repo).manifests[result.push.digest][0])
+    return [d["digest"] for d in manifest["layers"]]
