@@ -16,13 +16,14 @@ import requests
 from ocimodel.build import BuildOptions, BuildResult, build, build_with_layout
 from ocimodel.layout.store import Layout
 from ocimodel.pack import PackOptions, pack
-from ocimodel.registry.auth import Credentials, Keychain
+from ocimodel.registry.auth import Credentials
 from ocimodel.registry.client import RegistryClient, RetryPolicy
 from ocimodel.registry.push import PushOptions, PushResult
 from ocimodel.registry.reference import parse_reference
 from ocimodel.source.local import LocalSource
+from tests.harness.models import random_shards, write_model
 from tests.harness.progress import Recorder
-from tests.harness.registry_stub import RegistryStub
+from tests.harness.registry_stub import RegistryStub, stub_client
 
 REPO = "models/built"
 CHUNK = 64 * 1024
@@ -35,14 +36,12 @@ SMALL_SHARD = 40_000
 def make_model(root: Path, shards: Sequence[int] = (BIG, SMALL_SHARD), small: bool = True, seed: int = 0) -> Path:
     """Weights (a layer each) and, with ``small``, configs that share one layer."""
     rng = random.Random(seed)
-    root.mkdir(parents=True)
-    for i, size in enumerate(shards, 1):
-        (root / f"model-{i:05d}-of-{len(shards):05d}.safetensors").write_bytes(rng.randbytes(size))
+    files: dict[str, bytes | str] = dict(random_shards(rng, shards))
     if small:
-        (root / "config.json").write_text(json.dumps({"hidden_size": 64, "seed": seed}))
-        (root / "tokenizer").mkdir()
-        (root / "tokenizer" / "vocab.txt").write_text("\n".join(rng.randbytes(4).hex() for _ in range(300)))
-    return root
+        files["config.json"] = json.dumps({"hidden_size": 64, "seed": seed})
+        files["tokenizer/vocab.txt"] = "\n".join(rng.randbytes(4).hex() for _ in range(300))
+    root.mkdir(parents=True)
+    return write_model(root, files)
 
 
 @dataclass
@@ -58,14 +57,7 @@ class Builder:
     reporter: Recorder = field(default_factory=Recorder)
 
     def client(self) -> RegistryClient:
-        creds = self.creds
-        return RegistryClient(
-            self.registry or self.stub.host,
-            plain_http=True,
-            keychain=Keychain((lambda host: creds,)),
-            session=self.session,
-            retry=RetryPolicy(sleep=self.client_sleeps.append),
-        )
+        return stub_client(self.registry or self.stub.host, self.creds, self.session, self.client_sleeps)
 
     def __call__(
         self,

@@ -42,6 +42,9 @@ from typing import Any, Literal, NamedTuple
 
 import requests
 import requests.adapters
+
+from ocimodel.registry.auth import Credentials, Keychain
+from ocimodel.registry.client import RegistryClient, RetryPolicy
 from urllib.parse import parse_qs, unquote, urlsplit
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -951,3 +954,18 @@ class Redirector(requests.adapters.HTTPAdapter):
             request.url = original
         response.url = original
         return response
+
+
+def stub_client(
+    host: str, creds: Credentials | None = None, session: requests.Session | None = None, sleeps: list[float] | None = None
+) -> RegistryClient:
+    """A client of ``host`` (the stub's, or one a session's ``Redirector`` sends to it) offering ``creds`` and whose
+    retries never sleep: the delays they ask for are kept in ``sleeps``."""
+    asked = sleeps if sleeps is not None else []
+    return RegistryClient(
+        host,
+        plain_http=True,
+        keychain=Keychain((lambda _: creds,)),
+        session=session,
+        retry=RetryPolicy(sleep=asked.append),
+    )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import random
-import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.harness.cli import Env, assert_clean_error, explain
+from tests.harness.models import random_shards, write_model
 from tests.harness.oci import blob, reachable
 from tests.harness.registry import Registry, access_log, assert_registry_holds, registry_has_nothing
 
@@ -38,11 +38,11 @@ def unique(name: str) -> str:
 def make_model(root: Path, seed: int = 11) -> Path:
     rng = random.Random(seed)
     root.mkdir(parents=True)
-    (root / "model-00001-of-00002.safetensors").write_bytes(rng.randbytes(BIG_SHARD))
-    (root / "model-00002-of-00002.safetensors").write_bytes(rng.randbytes(SMALL_SHARD))
-    (root / "config.json").write_text(json.dumps({"hidden_size": 64, "seed": seed}))
-    (root / "tokenizer.json").write_text(json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(200)]}))
-    return root
+    return write_model(root, {
+        **random_shards(rng, (BIG_SHARD, SMALL_SHARD)),
+        "config.json": json.dumps({"hidden_size": 64, "seed": seed}),
+        "tokenizer.json": json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(200)]}),
+    })
 
 
 def snapshot(root: Path, *skip: Path) -> dict[str, tuple[int, int]]:
@@ -202,14 +202,6 @@ def test_layout_option_keeps_the_image_it_pushes(registry: Registry, source: Pat
 
 
 # --- failing cleanly -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A loopback port that is bound but not listening: connections are refused, and nobody else can take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 def test_unreachable_registry(dead_port: int, source: Path, env: Env) -> None:

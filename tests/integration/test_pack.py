@@ -18,7 +18,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -686,14 +685,6 @@ def test_base_digest_unknown_to_the_registry(registry: Registry, existing: Snaps
     result = run_cli("pack", source, existing.layout, "--base", f"{registry.host}/library/busybox@{UNKNOWN_DIGEST}")
     assert_clean_error(result)
     existing.assert_unchanged()
-
-
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A loopback port that is bound but not listening: connections are refused, and nobody else can take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 def test_unreachable_registry(dead_port: int, existing: Snapshot, tmp_path: Path) -> None:

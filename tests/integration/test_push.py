@@ -25,6 +25,7 @@ import pytest
 
 from tests.harness.busybox import layout_top_digest
 from tests.harness.cli import ERROR_PREFIX, Env, assert_clean_error, explain
+from tests.harness.models import write_model
 from tests.harness.oci import blob, reachable
 from tests.harness.registry import Registry, access_log, assert_registry_holds, free_port, registry_has_nothing
 
@@ -83,9 +84,11 @@ class Packed:
 def make_model(root: Path) -> None:
     rng = random.Random(7)
     root.mkdir(parents=True)
-    (root / "model.safetensors").write_bytes(rng.randbytes(SHARD_BYTES))
-    (root / "config.json").write_text(json.dumps({"hidden_size": 64}))
-    (root / "tokenizer.json").write_text(json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(50)]}))
+    write_model(root, {
+        "model.safetensors": rng.randbytes(SHARD_BYTES),
+        "config.json": json.dumps({"hidden_size": 64}),
+        "tokenizer.json": json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(50)]}),
+    })
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from tests.harness.busybox import native_platform
 from tests.harness.containerd import Containerd, ContainerdError, sha256_tree
 from tests.harness.registry import Registry
 from tests.harness.cli import Env, explain
+from tests.harness.models import random_shards, write_model
 
 #: The harness's two-platform busybox base (tests/conftest.py); the node's own platform is one of them.
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -42,11 +43,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
     """A small model: two weight shards (own layers), configs and a nested tokenizer file (shared layer)."""
     model = tmp_path_factory.mktemp("runtime") / "model"
     rng = random.Random(5)
-    (model / "tokenizer").mkdir(parents=True)
-    (model / "model-00001-of-00002.safetensors").write_bytes(rng.randbytes(3 * 1024 * 1024 + 17))
-    (model / "model-00002-of-00002.safetensors").write_bytes(rng.randbytes(1024 * 1024 + 5))
-    (model / "config.json").write_text(json.dumps({"hidden_size": 64}))
-    (model / "tokenizer" / "vocab.json").write_text(json.dumps([rng.randbytes(4).hex() for _ in range(100)]))
+    write_model(model, {
+        **random_shards(rng, (3 * 1024 * 1024 + 17, 1024 * 1024 + 5)),
+        "config.json": json.dumps({"hidden_size": 64}),
+        "tokenizer/vocab.json": json.dumps([rng.randbytes(4).hex() for _ in range(100)]),
+    })
     return Source(model, sha256_tree(model))
 
 

@@ -48,6 +48,7 @@ from tests.harness.registry_stub import (
     Redirector,
     RegistryStub,
     digest_of,
+    stub_client,
 )
 from tests.harness.stub_log import blob_requests, content_range, manifest_puts, methods, session_of
 
@@ -137,14 +138,7 @@ class Pusher:
     reporter: Recorder = field(default_factory=Recorder)
 
     def client(self, registry: str | None = None, session: requests.Session | None = None) -> RegistryClient:
-        creds = self.creds
-        return RegistryClient(
-            registry or self.stub.host,
-            plain_http=True,
-            keychain=Keychain((lambda host: creds,)),
-            session=session,
-            retry=RetryPolicy(sleep=self.client_sleeps.append),
-        )
+        return stub_client(registry or self.stub.host, self.creds, session, self.client_sleeps)
 
     def __call__(
         self,
