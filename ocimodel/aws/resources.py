@@ -7,7 +7,7 @@ the HF token's secret before starting; each reads the same resource the same way
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
@@ -24,7 +24,7 @@ def managed(tags: list[dict[str, str]] | None) -> bool:
     return found.get(p.MANAGED_TAG[0]) == p.MANAGED_TAG[1]
 
 
-def _absent_on(call: Any, *codes: str) -> Any:
+def _absent_on(call: Callable[[], dict[str, Any]], *codes: str) -> dict[str, Any] | None:
     """The call's answer, or ``None`` when AWS answers with one of ``codes`` (its ways of saying "no such thing")."""
     try:
         return call()

@@ -239,15 +239,21 @@ class FakeBuild:
 
 
 class ShapeCheck:
-    """Every request the clients build, checked against its operation's input shape as botocore's model states it."""
+    """Every request the clients build, checked against its operation's input shape as botocore's model states it,
+    and kept: what a resource was made with."""
 
     def __init__(self) -> None:
         self.operations: list[str] = []
         self.problems: list[str] = []
+        self.requests: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.operations.append(model.name)
+        self.requests.append((model.name, params))
         self.problems += shapes.problems(model.input_shape, params, model.name)
+
+    def sent(self, operation: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.requests if name == operation]
 
     def check(self, client: Any, operation: str, request: dict[str, Any]) -> None:
         """For an operation a test plays itself (moto lacks it): the same check."""
