@@ -54,7 +54,7 @@ def test_build_from_the_hub_under_a_disk_budget(env: dict[str, str], registry: R
 
 def test_budget_too_small_for_a_layer(env: dict[str, str], registry: Registry) -> None:
     result = run_cli("build", "acme/tiny", f"{registry.host}/hub/tight:v1", "--base", "scratch",
-                      "--disk-budget", "1KiB", env=env)
+                     "--disk-budget", "1KiB", env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("ocimodel: error: layer ") and "--disk-budget" in result.stderr
     assert "Traceback" not in result.stderr
