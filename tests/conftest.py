@@ -1,4 +1,4 @@
-"""Shared, session-scoped fixtures for tests that need a registry or a base image.
+"""Shared fixtures: session-scoped ones for tests that need a registry or a base image, and a dead loopback port.
 
 Everything is lazy: a registry process starts only when the first test in
 the session asks for it, and it is reused by every later test, so the
@@ -8,6 +8,7 @@ registry flavour.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,11 @@ def busybox_multi_ref(registry: Registry, busybox_multi_layout: Path) -> str:
     """``127.0.0.1:PORT/library/busybox-multi@sha256:...`` of the two-platform image index."""
     push_layout_with_skopeo(busybox_multi_layout, registry.host, BUSYBOX_MULTI_REPO, "latest")
     return pinned_reference(registry.host, BUSYBOX_MULTI_REPO, layout_top_digest(busybox_multi_layout))
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening: connections are refused, and nobody else can take it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

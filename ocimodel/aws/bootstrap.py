@@ -19,6 +19,15 @@ from ocimodel.aws import plan as p
 from ocimodel.aws import shapes
 from ocimodel.aws import snapshot_plan as sp
 from ocimodel.aws.plan import ModelBuild, Plan
+from ocimodel.aws.resources import (
+    find_instance_profile,
+    find_log_group,
+    find_projects,
+    find_repository,
+    find_role,
+    managed,
+    secret_exists,
+)
 from ocimodel.aws.session import Clients, Clock, aws_call, error_code, eventually
 from ocimodel.aws.steps import Step
 from ocimodel.errors import OcimodelError
@@ -237,12 +246,7 @@ def _repository_step(ecr: Any, plan: Plan, build: ModelBuild, kms_key: str | Non
         f" untagged expire after {settings.untagged_days} d"
     )
     with aws_call(f"read ECR repository {name}"):
-        try:
-            repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
-        except ClientError as exc:
-            if not _missing(exc, "RepositoryNotFoundException"):
-                raise
-            repo = None
+        repo = find_repository(ecr, name)
         if repo is None:
 
             def create() -> None:
@@ -322,12 +326,7 @@ def _role_step(iam: Any, plan: Plan) -> tuple[Step, bool]:
     trust = p.trust_policy(names)
     detail = f"assumable by codebuild.amazonaws.com for projects {names.settings.prefix}-*"
     with aws_call(f"read IAM role {names.role}"):
-        try:
-            role = iam.get_role(RoleName=names.role)["Role"]
-        except ClientError as exc:
-            if not _missing(exc, "NoSuchEntity"):
-                raise
-            role = None
+        role = find_role(iam, names.role)
     if role is None:
 
         return Step("iam role", names.role, "create", detail, lambda: iam.create_role(**p.role_request(names))), True
@@ -345,12 +344,6 @@ def _role_step(iam: Any, plan: Plan) -> tuple[Step, bool]:
         ),
         True,
     )
-
-
-def managed(tags: list[dict[str, str]] | None) -> bool:
-    """Whether AWS tags (``Key``/``Value`` pairs) mark a resource as made by bootstrap."""
-    found = {t.get("Key"): t.get("Value") for t in tags or []}
-    return found.get(p.MANAGED_TAG[0]) == p.MANAGED_TAG[1]
 
 
 def _role_policy_step(iam: Any, plan: Plan, writable: bool) -> Step:
@@ -400,12 +393,7 @@ def _instance_profile_step(iam: Any, plan: Plan) -> Step:
     requests = sp.instance_profile_requests(names, snapshot_repositories(plan))
     detail = "for aws snapshot: SSM core, ECR pull of the config's repositories"
     with aws_call(f"read IAM role {name}"):
-        try:
-            role = iam.get_role(RoleName=name)["Role"]
-        except ClientError as exc:
-            if not _missing(exc, "NoSuchEntity"):
-                raise
-            role = None
+        role = find_role(iam, name)
         if role is not None and not managed(role.get("Tags")):
             return Step("instance profile", name, "keep", "its role was not created by ocimodel: left as it is")
         fixes: list[tuple[str, Callable[[], None]]] = []
@@ -433,12 +421,7 @@ def _instance_profile_step(iam: Any, plan: Plan) -> Step:
                 if not _missing(exc, "NoSuchEntity"):
                     raise
                 policy = None
-            try:
-                profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-            except ClientError as exc:
-                if not _missing(exc, "NoSuchEntity"):
-                    raise
-                profile = None
+            profile = find_instance_profile(iam, name)
     if requests["AttachRolePolicy"]["PolicyArn"] not in attached:
         fixes.append((sp.SSM_CORE_POLICY, lambda: iam.attach_role_policy(**requests["AttachRolePolicy"])))
     if not _same(policy, json.loads(requests["PutRolePolicy"]["PolicyDocument"])):
@@ -461,11 +444,6 @@ def _instance_profile_step(iam: Any, plan: Plan) -> Step:
 
 
 # --- CloudWatch Logs ------------------------------------------------------------------------------------------------
-
-
-def find_log_group(logs: Any, name: str) -> dict[str, Any] | None:
-    groups = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
-    return next((g for g in groups if g["logGroupName"] == name), None)
 
 
 def _log_group_step(logs: Any, plan: Plan, build: ModelBuild) -> Step:
@@ -492,19 +470,6 @@ def _log_group_step(logs: Any, plan: Plan, build: ModelBuild) -> Step:
 
 
 # --- CodeBuild ------------------------------------------------------------------------------------------------------
-
-
-#: CodeBuild's BatchGetProjects and BatchGetBuilds take at most this many names or ids.
-BATCH_MAX = 100
-
-
-def find_projects(codebuild: Any, names: list[str]) -> dict[str, dict[str, Any]]:
-    """The projects among ``names`` that exist, by name, read a hundred at a time."""
-    found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(names), BATCH_MAX):
-        for project in codebuild.batch_get_projects(names=names[start : start + BATCH_MAX])["projects"]:
-            found[project["name"]] = project
-    return found
 
 
 def _project_steps(codebuild: Any, plan: Plan, clock: Clock) -> list[Step]:
@@ -563,16 +528,6 @@ def _while_role_propagates(call: Callable[[], Any], clock: Clock) -> None:
 
 
 # --- Secrets Manager ------------------------------------------------------------------------------------------------
-
-
-def secret_exists(secrets: Any, name: str) -> bool:
-    try:
-        described = secrets.describe_secret(SecretId=name)
-    except ClientError as exc:
-        if _missing(exc, "ResourceNotFoundException"):
-            return False
-        raise
-    return "DeletedDate" not in described
 
 
 def _secret_step(secrets: Any, plan: Plan) -> Step:

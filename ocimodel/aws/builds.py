@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 from botocore.exceptions import ClientError
 
 from ocimodel.aws.config import ModelSpec
-from ocimodel.aws.bootstrap import BATCH_MAX
 from ocimodel.aws.plan import OPTIONS_ANNOTATION, Names
+from ocimodel.aws.resources import BATCH_MAX
 from ocimodel.aws.session import Clients, aws_call, error_code
 from ocimodel.errors import OcimodelError
 

@@ -43,7 +43,7 @@ def _names(config: Config) -> tuple[Clients, Names]:
 def _sized(config: Config) -> tuple[ModelBuild, ...]:
     """Each model's machine and timeout, from its size on the Hub when the config does not fix both."""
     from ocimodel.aws.plan import model_build, needs_size
-    from ocimodel.aws.sizing import hub_size
+    from ocimodel.aws.modelsizes import hub_size
 
     builds = []
     for model in config.models:
@@ -124,11 +124,11 @@ def build(
     import time
 
     from ocimodel.aws import builds
-    from ocimodel.aws.bootstrap import secret_exists
     from ocimodel.aws.config import load_config
+    from ocimodel.aws.modelsizes import hub_commit
     from ocimodel.aws.plan import options_fingerprint
+    from ocimodel.aws.resources import secret_exists
     from ocimodel.aws.session import aws_call
-    from ocimodel.aws.sizing import hub_commit
     from ocimodel.errors import OcimodelError
 
     settings = load_config(config)

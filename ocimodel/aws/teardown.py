@@ -13,9 +13,17 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
-from ocimodel.aws.bootstrap import find_log_group, find_projects, managed
 from ocimodel.aws.config import Config, ModelSpec
 from ocimodel.aws.plan import Names
+from ocimodel.aws.resources import (
+    find_instance_profile,
+    find_log_group,
+    find_projects,
+    find_repository,
+    find_role,
+    find_secret,
+    managed,
+)
 from ocimodel.aws.session import Clients, aws_call, error_code
 from ocimodel.aws.steps import Step
 
@@ -58,11 +66,8 @@ def _log_group_step(logs: Any, name: str) -> Step:
 
 def _role_step(iam: Any, names: Names) -> Step:
     with aws_call(f"read IAM role {names.role}"):
-        try:
-            role = iam.get_role(RoleName=names.role)["Role"]
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchEntity":
-                raise
+        role = find_role(iam, names.role)
+        if role is None:
             return Step("iam role", names.role, "absent")
         if not managed(role.get("Tags")):
             return Step("iam role", names.role, "keep", "not created by ocimodel")
@@ -80,18 +85,8 @@ def _instance_profile_step(iam: Any, names: Names) -> Step:
     """``aws snapshot``'s instance profile and its role, if bootstrap made them."""
     name = names.snapshot_role
     with aws_call(f"read IAM role {name}"):
-        try:
-            role = iam.get_role(RoleName=name)["Role"]
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchEntity":
-                raise
-            role = None
-        try:
-            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchEntity":
-                raise
-            profile = None
+        role = find_role(iam, name)
+        profile = find_instance_profile(iam, name)
         if role is None and profile is None:
             return Step("instance profile", name, "absent")
         if role is not None and not managed(role.get("Tags")):
@@ -168,12 +163,9 @@ def _bucket_step(s3: Any, names: Names) -> Step:
 def _secret_step(secrets: Any, names: Names) -> Step:
     name = names.secret
     with aws_call(f"read secret {name}"):
-        try:
-            described = secrets.describe_secret(SecretId=name)
-        except ClientError as exc:
-            if error_code(exc) != "ResourceNotFoundException":
-                raise
-            return Step("secret", name, "absent")
+        described = find_secret(secrets, name)
+    if described is None:
+        return Step("secret", name, "absent")
     if "DeletedDate" in described:
         return Step("secret", name, "absent", "already scheduled for deletion")
     if not managed(described.get("Tags")):
@@ -189,11 +181,8 @@ def _secret_step(secrets: Any, names: Names) -> Step:
 
 def _repository_step(ecr: Any, name: str, delete_images: bool) -> Step:
     with aws_call(f"read ECR repository {name}"):
-        try:
-            (repository,) = ecr.describe_repositories(repositoryNames=[name])["repositories"]
-        except ClientError as exc:
-            if error_code(exc) != "RepositoryNotFoundException":
-                raise
+        repository = find_repository(ecr, name)
+        if repository is None:
             return Step("ecr repository", name, "absent")
         images = sum(len(page["imageIds"]) for page in ecr.get_paginator("list_images").paginate(repositoryName=name))
         tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"]).get("tags")

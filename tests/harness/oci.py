@@ -1,14 +1,21 @@
-"""Small helpers the tests share for looking inside images: layer bytes and root file systems."""
+"""Small helpers the tests share for looking inside images without ocimodel: layout blobs, layer bytes and root
+file systems."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import os
 import shutil
 from pathlib import Path
 
 import zstandard
+
+# Spelled out rather than imported from ocimodel: the tests pin the wire format, not the code's names.
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def decompress(data: bytes, compression: str) -> bytes:
@@ -28,3 +35,24 @@ def rootfs_command(rootfs: Path, script: str) -> list[str]:
     unshare = shutil.which("unshare")
     assert unshare is not None, "non-root runs need util-linux's unshare for a user namespace"
     return [unshare, "-r", *chroot]
+
+
+def blob(layout: Path, digest: str) -> bytes:
+    data = (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    return data
+
+
+def reachable(layout: Path, digest: str) -> dict[str, bytes]:
+    """Every blob the image ``digest`` consists of (manifests, index, configs, layers), by digest."""
+    found: dict[str, bytes] = {}
+    pending = [digest]
+    while pending:
+        current = pending.pop()
+        data = blob(layout, current)
+        found[current] = data
+        doc = json.loads(data)
+        pending += [m["digest"] for m in doc.get("manifests", [])]
+        for desc in [doc["config"], *doc["layers"]] if "config" in doc else []:
+            found[desc["digest"]] = blob(layout, desc["digest"])
+    return found

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import bcrypt
 import requests
 
+from tests.harness.oci import OCI_INDEX, OCI_MANIFEST, blob, reachable
+
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 READINESS_DEADLINE_S = 20.0
 READINESS_POLL_INTERVAL_S = 0.05
@@ -301,3 +303,27 @@ def run_registry(
                 f"docker-registry on {host} died during the tests (exit {died_early}); log tail:\n"
                 f"{_tail(log_path, 40)}"
             )
+
+
+# --- judging what a registry holds -------------------------------------------------------------------------------
+
+
+def assert_registry_holds(registry: Registry, repo: str, tag: str, layout: Path, digest: str) -> None:
+    """The tag names ``digest``, and every manifest and blob of the image is in the repository, byte for byte."""
+    top = registry.fetch_manifest(repo, tag)
+    assert top.digest == digest and top.body == blob(layout, digest)
+    for part, data in reachable(layout, digest).items():
+        if part == digest:
+            continue
+        if b'"schemaVersion"' in data and json.loads(data).get("mediaType") in (OCI_MANIFEST, OCI_INDEX):
+            assert registry.fetch_manifest(repo, part).body == data
+        else:
+            assert registry.fetch_blob(repo, part) == data, f"{part} differs in {repo}"
+
+
+def access_log(registry: Registry, method: str, repo: str) -> list[str]:
+    return [line for line in registry.log_path.read_text().splitlines() if f'"{method} /v2/{repo}/' in line]
+
+
+def registry_has_nothing(registry: Registry, repo: str) -> bool:
+    return repo not in registry.list_repositories() and registry.list_tags(repo) == []

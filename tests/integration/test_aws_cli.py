@@ -34,13 +34,10 @@ from ocimodel.aws import plan as p
 from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Account, Names, Plan, model_build
 from ocimodel.aws.wheel import bundle, installed_wheel
+from tests.harness.aws import ACCOUNT, REGION, REGISTRY, seed_managed_policy
+from tests.harness.cli import run_cli
+from tests.harness.hub import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
 from tests.harness.registry import Registry
-from tests.hub_server import GRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
-from tests.unit.aws_seed import seed_managed_policy
-
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 GATED = gated_repo()
 CONFIG = """
 [aws]
@@ -157,19 +154,6 @@ def env(tmp_path: Path, moto_server: str, hub: HubServer) -> dict[str, str]:
     }
 
 
-def ocimodel(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ocimodel", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )
-
-
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -197,7 +181,7 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
 
     broken = tmp_path / "broken.toml"
     broken.write_text(CONFIG + 'compute_type = "BUILD_GENERAL1_HUGE"\n')
-    failed = ocimodel(env, "aws", "bootstrap", "--config", str(broken), "--wheel", str(wheel))
+    failed = run_cli("aws", "bootstrap", "--config", str(broken), "--wheel", str(wheel), env=env)
     assert failed.returncode == 1 and failed.stdout == ""
     assert (
         failed.stderr.strip()
@@ -205,28 +189,28 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
         .startswith(f"ocimodel: error: {broken}: model 2 (acme/gated): compute_type")
     )
 
-    dry = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel), "--dry-run"))
+    dry = ok(run_cli("aws", "bootstrap", *common, "--wheel", str(wheel), "--dry-run", env=env))
     assert last_line(dry) == "dry run: 10 would create, 1 would upload (nothing was changed)"
     assert s3.list_buckets()["Buckets"] == [] and ecr.describe_repositories()["repositories"] == []
 
-    first = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
+    first = ok(run_cli("aws", "bootstrap", *common, "--wheel", str(wheel), env=env))
     assert last_line(first) == "bootstrap: 10 created, 1 uploaded"
     assert "ocimodel/hf-token" in first and "missing" in first
-    again = ok(ocimodel(env, "aws", "bootstrap", *common, "--wheel", str(wheel)))
+    again = ok(run_cli("aws", "bootstrap", *common, "--wheel", str(wheel), env=env))
     assert last_line(again) == "bootstrap: nothing to change, everything is as the config says"
     assert sorted(codebuild.list_projects()["projects"]) == ["ocimodel-acme-gated", "ocimodel-acme-tiny"]
 
-    stored = ocimodel(env, "aws", "set-hf-token", *common, input=GRANTED_TOKEN + "\n")
+    stored = run_cli("aws", "set-hf-token", *common, stdin=GRANTED_TOKEN + "\n", env=env)
     assert ok(stored) == f"created secret ocimodel/hf-token in {REGION}\n"
     assert GRANTED_TOKEN not in stored.stdout + stored.stderr
     secret = client(env, "secretsmanager").get_secret_value(SecretId="ocimodel/hf-token")["SecretString"]
     assert secret == GRANTED_TOKEN
 
-    started = ok(ocimodel(env, "aws", "build", "acme/gated", *common, "--no-follow")).strip()
+    started = ok(run_cli("aws", "build", "acme/gated", *common, "--no-follow", env=env)).strip()
     assert started in codebuild.list_builds_for_project(projectName="ocimodel-acme-gated")["ids"]
 
     # moto's builds succeed at once and log nothing: the image must then be found in ECR by its tag.
-    missing = ocimodel(env, "aws", "build", "acme/tiny", *common, "--poll-interval", "0")
+    missing = run_cli("aws", "build", "acme/tiny", *common, "--poll-interval", "0", env=env)
     assert missing.returncode == 1
     assert "succeeded, but ECR has no " + f"{REGISTRY}/kserve-models/acme-tiny:latest" in missing.stderr
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []})
@@ -234,18 +218,18 @@ def test_the_cli_bootstraps_builds_reports_and_tears_down(env: dict[str, str], t
         "image"
     ]["imageId"]["imageDigest"]
     uri = f"oci://{REGISTRY}/kserve-models/acme-tiny@{digest}"
-    built = ocimodel(env, "aws", "build", "tiny", *common, "--poll-interval", "0")
+    built = run_cli("aws", "build", "tiny", *common, "--poll-interval", "0", env=env)
     assert built.returncode == 1 and "no model 'tiny'" in built.stderr  # names are slugs: acme-tiny
-    assert ok(ocimodel(env, "aws", "build", "acme-tiny", *common, "--poll-interval", "0")) == uri + "\n"
+    assert ok(run_cli("aws", "build", "acme-tiny", *common, "--poll-interval", "0", env=env)) == uri + "\n"
 
-    header, tiny, gated = ok(ocimodel(env, "aws", "status", *common)).splitlines()
+    header, tiny, gated = ok(run_cli("aws", "status", *common, env=env)).splitlines()
     assert header.split()[:2] == ["MODEL", "PROJECT"]
     assert tiny.split()[0] == "acme/tiny" and "SUCCEEDED" in tiny and tiny.endswith(uri)
     assert gated.split()[:3] == ["acme/gated", "ocimodel-acme-gated", started] and gated.endswith(" -")
 
-    refused = ocimodel(env, "aws", "teardown", *common)
+    refused = run_cli("aws", "teardown", *common, env=env)
     assert refused.returncode == 1 and "--yes" in refused.stderr
-    gone = ok(ocimodel(env, "aws", "teardown", *common, "--yes", "--delete-images"))
+    gone = ok(run_cli("aws", "teardown", *common, "--yes", "--delete-images", env=env))
     assert last_line(gone) == "teardown: 10 deleted"
     assert codebuild.list_projects()["projects"] == [] and s3.list_buckets()["Buckets"] == []
     assert ecr.describe_repositories()["repositories"] == []

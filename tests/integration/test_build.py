@@ -11,26 +11,18 @@ from __future__ import annotations
 import base64
 import json
 import random
-import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.registry import Registry
-from tests.harness.cli import assert_clean_error, explain
-from tests.integration.test_push import (
-    Env,
-    access_log,
-    assert_registry_holds,
-    blob,
-    reachable,
-    registry_has_nothing,
-    run_cli,
-)
+from tests.harness.cli import Env, assert_clean_error, explain
+from tests.harness.models import random_shards, write_model
+from tests.harness.oci import blob, reachable
+from tests.harness.registry import Registry, access_log, assert_registry_holds, registry_has_nothing
 
 MIB = 1 << 20
 #: Chunked at 1 MiB, whole at the default chunk size.
@@ -46,11 +38,11 @@ def unique(name: str) -> str:
 def make_model(root: Path, seed: int = 11) -> Path:
     rng = random.Random(seed)
     root.mkdir(parents=True)
-    (root / "model-00001-of-00002.safetensors").write_bytes(rng.randbytes(BIG_SHARD))
-    (root / "model-00002-of-00002.safetensors").write_bytes(rng.randbytes(SMALL_SHARD))
-    (root / "config.json").write_text(json.dumps({"hidden_size": 64, "seed": seed}))
-    (root / "tokenizer.json").write_text(json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(200)]}))
-    return root
+    return write_model(root, {
+        **random_shards(rng, (BIG_SHARD, SMALL_SHARD)),
+        "config.json": json.dumps({"hidden_size": 64, "seed": seed}),
+        "tokenizer.json": json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(200)]}),
+    })
 
 
 def snapshot(root: Path, *skip: Path) -> dict[str, tuple[int, int]]:
@@ -64,7 +56,7 @@ def snapshot(root: Path, *skip: Path) -> dict[str, tuple[int, int]]:
 
 def build(env: Env, source: Path, target: str, *options: str | Path, stdin: str | None = None) -> str:
     """Run ``ocimodel build`` and return its last stdout line."""
-    result = run_cli(env, "build", source, target, *options, stdin=stdin)
+    result = env.run("build", source, target, *options, stdin=stdin)
     assert result.returncode == 0, explain(result)
     assert "Traceback" not in result.stderr, explain(result)
     return result.stdout.splitlines()[-1]
@@ -76,13 +68,13 @@ def build_json(env: Env, source: Path, target: str, *options: str | Path) -> dic
 
 
 def pack(env: Env, source: Path, layout: Path, *options: str) -> str:
-    result = run_cli(env, "pack", source, layout, *options)
+    result = env.run("pack", source, layout, *options)
     assert result.returncode == 0, explain(result)
     return result.stdout.splitlines()[-1]
 
 
 def push(env: Env, layout: Path, target: str) -> str:
-    result = run_cli(env, "push", layout, target)
+    result = env.run("push", layout, target)
     assert result.returncode == 0, explain(result)
     return result.stdout.splitlines()[-1]
 
@@ -212,25 +204,17 @@ def test_layout_option_keeps_the_image_it_pushes(registry: Registry, source: Pat
 # --- failing cleanly -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A loopback port that is bound but not listening: connections are refused, and nobody else can take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 def test_unreachable_registry(dead_port: int, source: Path, env: Env) -> None:
     host = f"127.0.0.1:{dead_port}"
-    result = run_cli(env, "build", source, f"{host}/{unique('nowhere')}", "--base", "scratch")
+    result = env.run("build", source, f"{host}/{unique('nowhere')}", "--base", "scratch")
     assert_clean_error(result, f"cannot reach registry {host}", "connection refused")
 
 
 def test_wrong_password_is_one_line_without_it(auth_registry: Registry, source: Path, env: Env) -> None:
     wrong = "Wr0ng-bu1ld-" + uuid.uuid4().hex
     repo = unique("denied")
-    result = run_cli(
-        env, "build", source, f"{auth_registry.host}/{repo}", "--base", "scratch", "--username", "ocimodel",
+    result = env.run(
+        "build", source, f"{auth_registry.host}/{repo}", "--base", "scratch", "--username", "ocimodel",
         "--password-stdin", stdin=wrong + "\n",
     )
     assert_clean_error(result, f"registry {auth_registry.host}", "refused the credentials")
@@ -243,7 +227,7 @@ def test_wrong_password_is_one_line_without_it(auth_registry: Registry, source: 
 def test_missing_source(registry: Registry, env: Env, tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such-model"
     repo = unique("missing")
-    result = run_cli(env, "build", missing, f"{registry.host}/{repo}", "--base", "scratch")
+    result = env.run("build", missing, f"{registry.host}/{repo}", "--base", "scratch")
     assert_clean_error(result, str(missing))
     assert registry_has_nothing(registry, repo)
 
@@ -251,7 +235,7 @@ def test_missing_source(registry: Registry, env: Env, tmp_path: Path) -> None:
 def test_help_of_every_command(env: Env) -> None:
     """Help strings go through rich markup: a stray ``[/…]`` in one once crashed ``--help``."""
     with ThreadPoolExecutor(3) as pool:
-        results = dict(zip(COMMANDS, pool.map(lambda command: run_cli(env, command, "--help"), COMMANDS)))
+        results = dict(zip(COMMANDS, pool.map(lambda command: env.run(command, "--help"), COMMANDS)))
     for command, result in results.items():
         assert result.returncode == 0, explain(result)
         assert "Traceback" not in result.stderr and "Usage:" in result.stdout, explain(result)

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.harness.cli import assert_clean_error
-from tests.harness.registry import Registry
-from tests.integration.test_hub import TINY_MAIN, env, hub, ocimodel, pack  # noqa: F401 (fixtures)
+import pytest
 
-__all__ = ["env", "hub"]
+from tests.harness.cli import assert_clean_error, pack, run_cli
+from tests.harness.hub import HubServer, hub_env, run_hub, tiny_repo
+from tests.harness.registry import Registry
+
+TINY_MAIN = tiny_repo().at("main")
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubServer]:
+    with run_hub([tiny_repo()], {}) as running:
+        yield running
+
+
+@pytest.fixture
+def env(tmp_path: Path, hub: HubServer) -> dict[str, str]:
+    return hub_env(hub, tmp_path)
 
 
 def _weights_in_cache(env: dict[str, str]) -> list[Path]:
@@ -18,10 +32,10 @@ def _weights_in_cache(env: dict[str, str]) -> list[Path]:
 
 
 def test_build_from_the_hub_under_a_disk_budget(env: dict[str, str], registry: Registry, tmp_path: Path) -> None:
-    packed = pack(env | {"HF_HOME": str(tmp_path / "hf-pack")}, "acme/tiny", tmp_path / "layout")
+    packed = pack("acme/tiny", tmp_path / "layout", env=env | {"HF_HOME": str(tmp_path / "hf-pack")})
     largest = max(len(data) for data in TINY_MAIN.files.values())
     budget = ("--disk-budget", str(largest + 1024))
-    result = ocimodel(env, "build", "acme/tiny", f"{registry.host}/hub/tiny:v1", "--base", "scratch", "--json", *budget)
+    result = run_cli("build", "acme/tiny", f"{registry.host}/hub/tiny:v1", "--base", "scratch", "--json", *budget, env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["digest"] == packed
@@ -33,12 +47,12 @@ def test_build_from_the_hub_under_a_disk_budget(env: dict[str, str], registry: R
     cached_env = env | {"HF_HOME": str(tmp_path / "hf-pack"), "XDG_CACHE_HOME": str(tmp_path / "fresh-cache")}
     before = _weights_in_cache(cached_env)
     assert before
-    again = ocimodel(cached_env, "build", "acme/tiny", f"{registry.host}/hub/tiny2:v1", "--base", "scratch", *budget)
+    again = run_cli("build", "acme/tiny", f"{registry.host}/hub/tiny2:v1", "--base", "scratch", *budget, env=cached_env)
     assert again.returncode == 0, again.stderr
     assert _weights_in_cache(cached_env) == before
 
 
 def test_budget_too_small_for_a_layer(env: dict[str, str], registry: Registry) -> None:
-    result = ocimodel(env, "build", "acme/tiny", f"{registry.host}/hub/tight:v1", "--base", "scratch",
-                      "--disk-budget", "1KiB")
+    result = run_cli("build", "acme/tiny", f"{registry.host}/hub/tight:v1", "--base", "scratch",
+                     "--disk-budget", "1KiB", env=env)
     assert_clean_error(result, "--disk-budget: layer ", "raise the budget", code=2)

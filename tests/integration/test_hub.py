@@ -1,4 +1,4 @@
-"""``ocimodel pack ORG/NAME``: HuggingFace Hub repos as sources, against the local Hub look-alike in tests/hub_server.
+"""``ocimodel pack ORG/NAME``: HuggingFace Hub repos as sources, against the local Hub look-alike in tests/harness/hub.
 
 The CLI runs as a subprocess with ``HF_ENDPOINT`` at the test server and ``HF_HOME`` in a temporary folder, so
 huggingface_hub does exactly what it would do against the real Hub, and the server's request log shows what was
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import GRANTED_TOKEN, UNGRANTED_TOKEN, HubServer, gated_repo, run_hub, tiny_repo
-from tests.harness.cli import assert_clean_error
+from tests.harness.cli import assert_clean_error, pack, run_cli
+from tests.harness.hub import GRANTED_TOKEN, UNGRANTED_TOKEN, HubServer, gated_repo, hub_env, run_hub, tiny_repo
 
 TINY = tiny_repo()
 GATED = gated_repo()
@@ -38,35 +37,7 @@ def hub() -> Iterator[HubServer]:
 
 @pytest.fixture
 def env(tmp_path: Path, hub: HubServer) -> dict[str, str]:
-    """The machine's environment without any HF setting of its own, pointed at the test Hub, with fresh caches."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
-    return clean | {
-        "HF_ENDPOINT": hub.url,
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-    }
-
-
-def ocimodel(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ocimodel", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def pack(env: dict[str, str], source: str, layout: Path, *extra: str) -> str:
-    """Pack and return the manifest digest, failing the test with the tool's output if it did not work."""
-    result = ocimodel(env, "pack", source, str(layout), "--base", "scratch", *extra)
-    assert result.returncode == 0, f"pack {source} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout.strip().splitlines()[-1]
-
-
+    return hub_env(hub, tmp_path)
 
 
 @dataclass(frozen=True)
@@ -116,7 +87,7 @@ def test_pack_default_branch_records_commit_source_and_license(
     env: dict[str, str], hub: HubServer, tmp_path: Path
 ) -> None:
     layout = tmp_path / "layout"
-    digest = pack(env, "acme/tiny", layout)
+    digest = pack("acme/tiny", layout, env=env)
 
     image = read_image(layout, digest)
     assert image.files == TINY_MAIN.files
@@ -130,7 +101,7 @@ def test_pack_default_branch_records_commit_source_and_license(
 
 def test_cache_links_are_packed_as_the_files_they_point_to(env: dict[str, str], tmp_path: Path) -> None:
     layout = tmp_path / "layout"
-    digest = pack(env, "acme/tiny", layout)
+    digest = pack("acme/tiny", layout, env=env)
 
     snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny" / "snapshots" / TINY_MAIN.sha
     linked = [p for p in snapshot.rglob("*") if p.is_symlink()]
@@ -141,8 +112,8 @@ def test_cache_links_are_packed_as_the_files_they_point_to(env: dict[str, str], 
 
 
 def test_older_revision_by_tag_or_commit(env: dict[str, str], tmp_path: Path) -> None:
-    by_tag = pack(env, "acme/tiny", tmp_path / "by-tag", "--revision", "v1")
-    by_commit = pack(env, "acme/tiny", tmp_path / "by-commit", "--revision", TINY_V1.sha)
+    by_tag = pack("acme/tiny", tmp_path / "by-tag", "--revision", "v1", env=env)
+    by_commit = pack("acme/tiny", tmp_path / "by-commit", "--revision", TINY_V1.sha, env=env)
 
     assert by_tag == by_commit
     image = read_image(tmp_path / "by-tag", by_tag)
@@ -154,15 +125,15 @@ def test_older_revision_by_tag_or_commit(env: dict[str, str], tmp_path: Path) ->
 def test_same_commit_gives_same_digest_from_warm_cold_and_other_caches(
     env: dict[str, str], hub: HubServer, tmp_path: Path
 ) -> None:
-    first = pack(env, "acme/tiny", tmp_path / "first")
+    first = pack("acme/tiny", tmp_path / "first", env=env)
 
     mark = hub.mark()
-    again = pack(env, "hf://acme/tiny", tmp_path / "again")
+    again = pack("hf://acme/tiny", tmp_path / "again", env=env)
     assert hub.file_requests_since(mark) == [], "a warm cache should serve every file"
 
     other_cache = tmp_path / "other-cache"
     mark = hub.mark()
-    elsewhere = pack(env, "acme/tiny", tmp_path / "elsewhere", "--cache-dir", str(other_cache))
+    elsewhere = pack("acme/tiny", tmp_path / "elsewhere", "--cache-dir", str(other_cache), env=env)
     assert sorted(set(hub.file_requests_since(mark))) == sorted(TINY_MAIN.files)
     assert (other_cache / "models--acme--tiny" / "snapshots" / TINY_MAIN.sha).is_dir()
 
@@ -171,7 +142,7 @@ def test_same_commit_gives_same_digest_from_warm_cold_and_other_caches(
 
 def test_excluded_files_are_never_requested(env: dict[str, str], hub: HubServer, tmp_path: Path) -> None:
     mark = hub.mark()
-    digest = pack(env, "acme/tiny", tmp_path / "layout", "--exclude", "original/*")
+    digest = pack("acme/tiny", tmp_path / "layout", "--exclude", "original/*", env=env)
 
     fetched = set(hub.file_requests_since(mark))
     assert fetched == set(without(TINY_MAIN.files, "original/"))
@@ -182,7 +153,7 @@ def test_include_and_directory_exclude_use_the_local_filter_rules(
     env: dict[str, str], hub: HubServer, tmp_path: Path
 ) -> None:
     mark = hub.mark()
-    digest = pack(env, "acme/tiny", tmp_path / "layout", "--include", "*.json", "--exclude", "original/")
+    digest = pack("acme/tiny", tmp_path / "layout", "--include", "*.json", "--exclude", "original/", env=env)
 
     expected = {p: d for p, d in TINY_MAIN.files.items() if p.endswith(".json") and not p.startswith("original/")}
     assert "tokenizer/tokenizer.json" in expected, "'*' crosses '/', as in huggingface_hub's allow_patterns"
@@ -194,7 +165,7 @@ def test_filters_that_match_nothing_fail_before_downloading(
     env: dict[str, str], hub: HubServer, tmp_path: Path
 ) -> None:
     mark = hub.mark()
-    result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--include", "*.gguf")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--include", "*.gguf", env=env)
 
     assert_clean_error(result, "acme/tiny", "include/exclude")
     assert hub.file_requests_since(mark) == []
@@ -251,7 +222,7 @@ def test_the_cli_turns_on_hf_xet_high_performance_unless_the_user_chose(env: dic
 
 
 def test_download_progress_is_one_plain_line_per_file_off_a_terminal(env: dict[str, str], tmp_path: Path) -> None:
-    result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", env=env)
 
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr, "no tqdm bars in logs"
@@ -266,15 +237,15 @@ def test_gated_repo_without_token_fails_cleanly_and_leaves_the_layout_alone(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     fresh = tmp_path / "fresh"
-    result = ocimodel(env, "pack", "acme/gated", str(fresh), "--base", "scratch")
+    result = run_cli("pack", "acme/gated", str(fresh), "--base", "scratch", env=env)
     assert_clean_error(result, "acme/gated", "HF_TOKEN", "accept its license")
     assert not fresh.exists()
 
     existing = tmp_path / "existing"
-    pack(env, "acme/tiny", existing)
+    pack("acme/tiny", existing, env=env)
     before = layout_state(existing)
     for token_env in ({}, {"HF_TOKEN": UNGRANTED_TOKEN}):
-        result = ocimodel(env | token_env, "pack", "acme/gated", str(existing), "--base", "scratch")
+        result = run_cli("pack", "acme/gated", str(existing), "--base", "scratch", env=env | token_env)
         assert_clean_error(result, "acme/gated", "HF_TOKEN", "accept its license")
         assert UNGRANTED_TOKEN not in result.stderr
         assert layout_state(existing) == before
@@ -285,7 +256,7 @@ def test_token_is_used_for_the_download_and_appears_nowhere_else(
 ) -> None:
     layout = tmp_path / "layout"
     mark = hub.mark()
-    result = ocimodel(env | {"HF_TOKEN": GRANTED_TOKEN}, "-v", "pack", "acme/gated", str(layout), "--base", "scratch")
+    result = run_cli("-v", "pack", "acme/gated", str(layout), "--base", "scratch", env=env | {"HF_TOKEN": GRANTED_TOKEN})
 
     assert result.returncode == 0, result.stderr
     image = read_image(layout, result.stdout.strip())
@@ -301,7 +272,7 @@ def test_token_is_used_for_the_download_and_appears_nowhere_else(
 
 def test_invalid_token_is_named_as_the_problem(env: dict[str, str], tmp_path: Path) -> None:
     bad_token = env | {"HF_TOKEN": "hf_notAValidToken"}
-    result = ocimodel(bad_token, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", env=bad_token)
 
     line = assert_clean_error(result, "acme/tiny", "rejected the token", "HF_TOKEN")
     assert "hf_notAValidToken" not in line
@@ -311,14 +282,14 @@ def test_invalid_token_is_named_as_the_problem(env: dict[str, str], tmp_path: Pa
 
 
 def test_unknown_repo(env: dict[str, str], tmp_path: Path) -> None:
-    result = ocimodel(env, "pack", "acme/nope", str(tmp_path / "layout"), "--base", "scratch")
+    result = run_cli("pack", "acme/nope", str(tmp_path / "layout"), "--base", "scratch", env=env)
 
     assert_clean_error(result, "acme/nope", "not found", "HF_TOKEN")
     assert not (tmp_path / "layout").exists()
 
 
 def test_unknown_revision(env: dict[str, str], tmp_path: Path) -> None:
-    result = ocimodel(env, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--revision", "v9")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", "--revision", "v9", env=env)
 
     assert_clean_error(result, "acme/tiny", "'v9'", "check the revision")
     assert not (tmp_path / "layout").exists()
@@ -328,7 +299,7 @@ def test_unreachable_hub(env: dict[str, str], tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    result = ocimodel(env | {"HF_ENDPOINT": closed}, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", env=env | {"HF_ENDPOINT": closed})
 
     assert_clean_error(result, "acme/tiny", "cannot reach", closed, "HF_HUB_OFFLINE=1")
     assert not (tmp_path / "layout").exists()
@@ -336,7 +307,7 @@ def test_unreachable_hub(env: dict[str, str], tmp_path: Path) -> None:
 
 def test_offline_with_empty_cache(env: dict[str, str], hub: HubServer, tmp_path: Path) -> None:
     mark = hub.mark()
-    result = ocimodel(env | {"HF_HUB_OFFLINE": "1"}, "pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "layout"), "--base", "scratch", env=env | {"HF_HUB_OFFLINE": "1"})
 
     assert_clean_error(result, "HF_HUB_OFFLINE", "acme/tiny@main", "not in the HF cache")
     assert hub.requests_since(mark) == []
@@ -344,14 +315,14 @@ def test_offline_with_empty_cache(env: dict[str, str], hub: HubServer, tmp_path:
 
 
 def test_offline_packs_the_cached_snapshot_identically(env: dict[str, str], hub: HubServer, tmp_path: Path) -> None:
-    online = pack(env, "acme/tiny", tmp_path / "online")
+    online = pack("acme/tiny", tmp_path / "online", env=env)
 
     offline_env = env | {"HF_HUB_OFFLINE": "1"}
     mark = hub.mark()
-    assert pack(offline_env, "acme/tiny", tmp_path / "offline") == online
-    assert pack(offline_env, "acme/tiny", tmp_path / "by-commit", "--revision", TINY_MAIN.sha) == online
+    assert pack("acme/tiny", tmp_path / "offline", env=offline_env) == online
+    assert pack("acme/tiny", tmp_path / "by-commit", "--revision", TINY_MAIN.sha, env=offline_env) == online
     assert hub.requests_since(mark) == []
-    result = ocimodel(offline_env, "pack", "acme/tiny", str(tmp_path / "v1"), "--base", "scratch", "--revision", "v1")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "v1"), "--base", "scratch", "--revision", "v1", env=offline_env)
     assert_clean_error(result, "HF_HUB_OFFLINE", "acme/tiny@v1")
 
 
@@ -361,9 +332,9 @@ def test_offline_refuses_a_snapshot_the_hf_cache_knows_is_incomplete(env: dict[s
     subprocess.run([sys.executable, "-c", fill], env=env, capture_output=True, timeout=120, check=True)
     offline_env = env | {"HF_HUB_OFFLINE": "1"}
 
-    result = ocimodel(offline_env, "pack", "acme/tiny", str(tmp_path / "all"), "--base", "scratch")
+    result = run_cli("pack", "acme/tiny", str(tmp_path / "all"), "--base", "scratch", env=offline_env)
     assert_clean_error(result, "HF_HUB_OFFLINE", "acme/tiny", "lacks files")
-    digest = pack(offline_env, "acme/tiny", tmp_path / "json", "--include", "*.json")
+    digest = pack("acme/tiny", tmp_path / "json", "--include", "*.json", env=offline_env)
     assert set(read_image(tmp_path / "json", digest).files) == {p for p in TINY_MAIN.files if p.endswith(".json")}
 
 
@@ -372,11 +343,11 @@ def test_revision_does_not_apply_to_a_directory(env: dict[str, str], tmp_path: P
     model.mkdir()
     (model / "config.json").write_text("{}")
 
-    result = ocimodel(env, "pack", str(model), str(tmp_path / "layout"), "--base", "scratch", "--revision", "main")
+    result = run_cli("pack", str(model), str(tmp_path / "layout"), "--base", "scratch", "--revision", "main", env=env)
     assert_clean_error(result, str(model), "--revision", code=2)
 
 
 def test_source_that_is_neither_directory_nor_repo_id(env: dict[str, str], tmp_path: Path) -> None:
-    result = ocimodel(env, "pack", str(tmp_path / "missing"), str(tmp_path / "layout"), "--base", "scratch")
+    result = run_cli("pack", str(tmp_path / "missing"), str(tmp_path / "layout"), "--base", "scratch", env=env)
 
     assert_clean_error(result, str(tmp_path / "missing"), "neither an existing directory nor a HuggingFace repo id")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ocimodel.layout.descriptor import OCI_INDEX
 from tests.harness.registry import Registry
-from tests.harness.cli import explain
-from tests.integration.test_pack import model, pack, run_cli
+from tests.harness.cli import explain, pack, run_cli
+from tests.harness.models import model
 
 PLATFORMS = "linux/amd64,linux/arm64"
 

@@ -18,7 +18,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -27,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -42,7 +41,8 @@ from tests.harness.busybox import (
 )
 from tests.harness.registry import Registry
 from tests.harness.oci import decompress, rootfs_command
-from tests.harness.cli import assert_clean_error, explain
+from tests.harness.cli import assert_clean_error, cli_command, cli_env, explain, pack, run_cli
+from tests.harness.models import LONG_NAME, model
 
 # Spelled out here rather than imported from ocimodel: the tests pin the wire format, not the code's names.
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -59,25 +59,14 @@ FILEPATH = "org.cncf.model.filepath"
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 
-DIGEST_LINE = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: A digest no registry holds: syntactically valid, so only the registry can refuse it.
 UNKNOWN_DIGEST = "sha256:" + "0" * 64
 #: The harness's busybox image has exactly one layer.
 BUSYBOX_LAYERS = 1
 
-LONG_NAME = "a-file-whose-name-is-longer-than-the-hundred-bytes-a-ustar-name-field-holds-" + "x" * 40 + ".txt"
-assert len(LONG_NAME) > 100
 
 
 # --- running the CLI ---------------------------------------------------------------------------------------------
-
-
-def _cli_env() -> dict[str, str]:
-    """The caller's environment without anything that would make rich draw bars or send loopback via a proxy."""
-    dropped = {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_PROXY", "no_proxy"}
-    dropped |= {f"{scheme}_proxy" for scheme in ("http", "https", "all")}
-    dropped |= {name.upper() for name in dropped}
-    return {k: v for k, v in os.environ.items() if k not in dropped}
 
 
 @contextlib.contextmanager
@@ -86,37 +75,6 @@ def private_cache(work: Path) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(work / "xdg-cache"))
         yield
-
-
-def cli_command(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "ocimodel", *(str(a) for a in args)]
-
-
-def run_cli(
-    *args: str | Path, timeout: float = 120, preexec_fn: Callable[[], None] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_command(*args),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=_cli_env(),
-        preexec_fn=preexec_fn,
-    )
-
-
-
-
-def pack(source: Path, layout: Path, *options: str, base: str = "scratch") -> str:
-    """Run ``ocimodel pack`` and return the digest it printed as its last stdout line."""
-    result = run_cli("pack", source, layout, "--base", base, *options)
-    assert result.returncode == 0, explain(result)
-    assert "Traceback" not in result.stderr, explain(result)
-    lines = result.stdout.splitlines()
-    assert lines and DIGEST_LINE.match(lines[-1]), explain(result)
-    return lines[-1]
 
 
 def run_tool(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -247,34 +205,6 @@ def layer_files(layout: OciLayout, layer: dict[str, Any], compression: str = "no
 
 
 # --- model directories -------------------------------------------------------------------------------------------
-
-
-def make_model(root: Path, seed: int = 0, shards: int = 3) -> dict[str, bytes]:
-    """Write a small model under ``root``; returns ``{path inside the model: bytes}`` as the image must hold it."""
-    rng = random.Random(seed)
-    files: dict[str, bytes] = {}
-    for i in range(1, shards + 1):
-        files[f"model-{i:05d}-of-{shards:05d}.safetensors"] = rng.randbytes(rng.randrange(20_000, 60_000))
-    files["config.json"] = json.dumps({"seed": seed, "hidden_size": rng.randrange(1000)}).encode()
-    files["tokenizer.json"] = json.dumps({"vocab": [rng.randbytes(8).hex() for _ in range(64)]}).encode()
-    files["sub/dir/file.txt"] = rng.randbytes(513)
-    files["sub/empty.txt"] = b""
-    files["sub/block.txt"] = rng.randbytes(512)
-    files[LONG_NAME] = rng.randbytes(511)
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    # A link to a file inside the model (as in a HuggingFace cache snapshot): packed as the file it points to.
-    (root / "alias.txt").symlink_to("sub/dir/file.txt")
-    files["alias.txt"] = files["sub/dir/file.txt"]
-    return files
-
-
-def model(tmp_path: Path, name: str = "tiny-model", seed: int = 0, shards: int = 3) -> tuple[Path, dict[str, bytes]]:
-    source = tmp_path / f"src-{seed}-{uuid.uuid4().hex[:8]}" / name
-    source.mkdir(parents=True)
-    return source, make_model(source, seed, shards)
 
 
 def image_files(layout: OciLayout, tag: str = "latest", base_layers: int = 0, compression: str = "none") -> dict[str, bytes]:
@@ -757,14 +687,6 @@ def test_base_digest_unknown_to_the_registry(registry: Registry, existing: Snaps
     existing.assert_unchanged()
 
 
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A loopback port that is bound but not listening: connections are refused, and nobody else can take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 def test_unreachable_registry(dead_port: int, existing: Snapshot, tmp_path: Path) -> None:
     source, _ = model(tmp_path)
     started = time.monotonic()
@@ -957,7 +879,7 @@ def _start_big_pack(tmp_path: Path, layout: Path) -> tuple[Path, subprocess.Pope
     _big_model(big)
     process = subprocess.Popen(
         cli_command("pack", big, layout, "--base", "scratch", "--jobs", "1"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
     )
     return big, process
 

@@ -10,14 +10,11 @@ test sees another's mounts or the developer's credentials.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
 import random
 import re
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +24,10 @@ from typing import Any
 import pytest
 
 from tests.harness.busybox import layout_top_digest
-from tests.harness.registry import Registry, free_port
-from tests.harness.cli import ERROR_PREFIX, assert_clean_error, explain
+from tests.harness.cli import ERROR_PREFIX, Env, assert_clean_error, explain
+from tests.harness.models import write_model
+from tests.harness.oci import blob, reachable
+from tests.harness.registry import Registry, access_log, assert_registry_holds, free_port, registry_has_nothing
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -38,47 +37,9 @@ SHARD_BYTES = 3 * 1024 * 1024 + 12_345  # a few MiB: chunked at 1 MiB, whole by 
 # --- running things ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Env:
-    """What one CLI "user" has: a private cache (known blobs) and docker config directory."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        (self.root / "cache").mkdir(parents=True, exist_ok=True)
-        (self.root / "docker").mkdir(parents=True, exist_ok=True)
-
-    @property
-    def docker_config(self) -> Path:
-        return self.root / "docker"
-
-    def vars(self) -> dict[str, str]:
-        dropped = {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"}
-        dropped |= {f"{scheme}_proxy" for scheme in ("http", "https", "all", "no")}
-        dropped |= {name.upper() for name in dropped}
-        env = {k: v for k, v in os.environ.items() if k not in dropped}
-        env.update(XDG_CACHE_HOME=str(self.root / "cache"), DOCKER_CONFIG=str(self.docker_config), HOME=str(self.root))
-        return env
-
-
-def run_cli(env: Env, *args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ocimodel", *(str(a) for a in args)],
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env.vars(),
-    )
-
-
-
-
 def push(env: Env, layout: Path, target: str, *options: str, stdin: str | None = None) -> str:
     """Run ``ocimodel push`` and return its last stdout line."""
-    result = run_cli(env, "push", layout, target, *options, stdin=stdin)
+    result = env.run("push", layout, target, *options, stdin=stdin)
     assert result.returncode == 0, explain(result)
     assert "Traceback" not in result.stderr, explain(result)
     return result.stdout.splitlines()[-1]
@@ -105,52 +66,10 @@ def unique(name: str) -> str:
 # --- reading layouts without ocimodel --------------------------------------------------------------------------
 
 
-def blob(layout: Path, digest: str) -> bytes:
-    data = (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
-    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
-    return data
-
-
 def top_entry(layout: Path) -> dict[str, Any]:
     manifests: list[dict[str, Any]] = json.loads((layout / "index.json").read_bytes())["manifests"]
     assert len(manifests) == 1
     return manifests[0]
-
-
-def reachable(layout: Path, digest: str) -> dict[str, bytes]:
-    """Every blob the image ``digest`` consists of (manifests, index, configs, layers), by digest."""
-    found: dict[str, bytes] = {}
-    pending = [digest]
-    while pending:
-        current = pending.pop()
-        data = blob(layout, current)
-        found[current] = data
-        doc = json.loads(data)
-        pending += [m["digest"] for m in doc.get("manifests", [])]
-        for desc in [doc["config"], *doc["layers"]] if "config" in doc else []:
-            found[desc["digest"]] = blob(layout, desc["digest"])
-    return found
-
-
-def assert_registry_holds(registry: Registry, repo: str, tag: str, layout: Path, digest: str) -> None:
-    """The tag names ``digest``, and every manifest and blob of the image is in the repository, byte for byte."""
-    top = registry.fetch_manifest(repo, tag)
-    assert top.digest == digest and top.body == blob(layout, digest)
-    for part, data in reachable(layout, digest).items():
-        if part == digest:
-            continue
-        if b'"schemaVersion"' in data and json.loads(data).get("mediaType") in (OCI_MANIFEST, OCI_INDEX):
-            assert registry.fetch_manifest(repo, part).body == data
-        else:
-            assert registry.fetch_blob(repo, part) == data, f"{part} differs in {repo}"
-
-
-def access_log(registry: Registry, method: str, repo: str) -> list[str]:
-    return [line for line in registry.log_path.read_text().splitlines() if f'"{method} /v2/{repo}/' in line]
-
-
-def registry_has_nothing(registry: Registry, repo: str) -> bool:
-    return repo not in registry.list_repositories() and registry.list_tags(repo) == []
 
 
 # --- the packed model --------------------------------------------------------------------------------------------
@@ -165,16 +84,18 @@ class Packed:
 def make_model(root: Path) -> None:
     rng = random.Random(7)
     root.mkdir(parents=True)
-    (root / "model.safetensors").write_bytes(rng.randbytes(SHARD_BYTES))
-    (root / "config.json").write_text(json.dumps({"hidden_size": 64}))
-    (root / "tokenizer.json").write_text(json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(50)]}))
+    write_model(root, {
+        "model.safetensors": rng.randbytes(SHARD_BYTES),
+        "config.json": json.dumps({"hidden_size": 64}),
+        "tokenizer.json": json.dumps({"vocab": [rng.randbytes(6).hex() for _ in range(50)]}),
+    })
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory, busybox_ref: str) -> Packed:
     work = tmp_path_factory.mktemp("push-packed")
     make_model(work / "model")
-    result = run_cli(Env(work / "env"), "pack", work / "model", work / "layout", "--base", busybox_ref)
+    result = Env(work / "env").run("pack", work / "model", work / "layout", "--base", busybox_ref)
     assert result.returncode == 0, explain(result)
     return Packed(work / "layout", result.stdout.splitlines()[-1])
 
@@ -321,8 +242,8 @@ def test_wrong_password_is_one_clean_line_without_it(
 ) -> None:
     wrong = "Wr0ng-pa55word-" + uuid.uuid4().hex
     repo = unique("denied")
-    result = run_cli(
-        env, *verbose, "push", packed.layout, f"{auth_registry.host}/{repo}", "--username", "ocimodel",
+    result = env.run(
+        *verbose, "push", packed.layout, f"{auth_registry.host}/{repo}", "--username", "ocimodel",
         "--password-stdin", stdin=wrong + "\n",
     )
     if verbose:
@@ -346,7 +267,7 @@ def test_missing_blob_pushes_nothing(registry: Registry, packed: Packed, env: En
     layer = json.loads(blob(layout, packed.digest))["layers"][-1]["digest"]
     (layout / "blobs" / "sha256" / layer.split(":", 1)[1]).unlink()
     repo = unique("missing")
-    result = run_cli(env, "push", layout, f"{registry.host}/{repo}")
+    result = env.run("push", layout, f"{registry.host}/{repo}")
     assert_clean_error(result, f"lacks blob {layer}", "pack it again", "nothing was pushed")
     assert registry_has_nothing(registry, repo)
     assert access_log(registry, "POST", repo) == [] and access_log(registry, "HEAD", repo) == []
@@ -354,6 +275,6 @@ def test_missing_blob_pushes_nothing(registry: Registry, packed: Packed, env: En
 
 def test_unreachable_registry_is_one_clean_line(packed: Packed, env: Env) -> None:
     host = f"127.0.0.1:{free_port()}"
-    result = run_cli(env, "push", packed.layout, f"{host}/{unique('nowhere')}")
+    result = env.run("push", packed.layout, f"{host}/{unique('nowhere')}")
     message = assert_clean_error(result, f"cannot reach registry {host}", "connection refused")
     assert re.search(r"check the registry address", message)

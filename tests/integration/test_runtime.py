@@ -23,8 +23,8 @@ import pytest
 from tests.harness.busybox import native_platform
 from tests.harness.containerd import Containerd, ContainerdError, sha256_tree
 from tests.harness.registry import Registry
-from tests.harness.cli import explain
-from tests.integration.test_push import Env, run_cli
+from tests.harness.cli import Env, explain
+from tests.harness.models import random_shards, write_model
 
 #: The harness's two-platform busybox base (tests/conftest.py); the node's own platform is one of them.
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -43,11 +43,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
     """A small model: two weight shards (own layers), configs and a nested tokenizer file (shared layer)."""
     model = tmp_path_factory.mktemp("runtime") / "model"
     rng = random.Random(5)
-    (model / "tokenizer").mkdir(parents=True)
-    (model / "model-00001-of-00002.safetensors").write_bytes(rng.randbytes(3 * 1024 * 1024 + 17))
-    (model / "model-00002-of-00002.safetensors").write_bytes(rng.randbytes(1024 * 1024 + 5))
-    (model / "config.json").write_text(json.dumps({"hidden_size": 64}))
-    (model / "tokenizer" / "vocab.json").write_text(json.dumps([rng.randbytes(4).hex() for _ in range(100)]))
+    write_model(model, {
+        **random_shards(rng, (3 * 1024 * 1024 + 17, 1024 * 1024 + 5)),
+        "config.json": json.dumps({"hidden_size": 64}),
+        "tokenizer/vocab.json": json.dumps([rng.randbytes(4).hex() for _ in range(100)]),
+    })
     return Source(model, sha256_tree(model))
 
 
@@ -59,7 +59,7 @@ def node(containerd: Containerd) -> Iterator[Containerd]:
 
 
 def cli(env: Env, *args: str | Path) -> str:
-    result = run_cli(env, *args)
+    result = env.run(*args)
     assert result.returncode == 0, explain(result)
     return result.stdout.splitlines()[-1]
 
@@ -150,7 +150,7 @@ def test_a_scratch_image_fails_to_start_and_verify_said_so(
         env, source.model, f"{registry.host}/runtime-tests/scratch-{uuid.uuid4().hex[:8]}:v1", "--base", "scratch"
     )
 
-    verdict = run_cli(env, "verify", ref, "--mode", "modelcar", "--json")
+    verdict = env.run("verify", ref, "--mode", "modelcar", "--json")
     assert verdict.returncode == EXIT_CHECK_FAILED, explain(verdict)
     checks = {c["id"]: c for c in json.loads(verdict.stdout)["checks"]}
     assert checks["modelcar.tools"]["result"] == "fail", explain(verdict)

@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests that talk to the in-process registry stub."""
+"""Fixtures shared by the unit tests: the in-process registry stub, and moto's account for the ``aws`` tests
+(defined in tests/harness/aws.py, registered here by importing them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry_stub import RegistryStub, isolate_credentials
+from tests.harness.aws import aws, config_file, hub, moto_account, wheel  # noqa: F401 (fixtures, registered by import)
+from tests.harness.registry_stub import RegistryStub, isolate_credentials
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ import pytest
 
 import ocimodel
 from ocimodel.layout.store import Layout
-from tests.registry_stub import RegistryStub
+from tests.harness.registry_stub import RegistryStub
 
 SOURCE_ROOT = Path(ocimodel.__file__).parent
 #: The command lines, which may (and must) name their flags; ``ocimodel aws`` is a command, not part of the API.

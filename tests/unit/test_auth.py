@@ -25,7 +25,7 @@ from ocimodel.registry.auth import (
 )
 from ocimodel.registry.client import RegistryClient
 from ocimodel.retry import RetryPolicy
-from tests.registry_stub import RegistryStub, isolate_credentials
+from tests.harness.registry_stub import RegistryStub, isolate_credentials
 
 PASSWORD = "pa55-Word-never-shown"
 REPO = "library/busybox"

@@ -1,6 +1,6 @@
 """``ocimodel aws`` against moto's in-process AWS: bootstrap, set-hf-token, build, status, teardown.
 
-moto stands in for the account (``mock_aws``), the Hub look-alike of ``tests/hub_server`` answers the size lookups,
+moto stands in for the account (``mock_aws``), the Hub look-alike of ``tests/harness/hub`` answers the size lookups,
 and the wheel is a stand-in file (what is in it matters only to the buildspec test, which uses a real one). Where moto
 lacks something AWS does, a thin wrapper around the boto3 client plays AWS's part, and says so: CodeBuild's
 update_project (moto has none), builds that take time and log as they go (moto's builds succeed at once and never
@@ -12,177 +12,49 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from huggingface_hub import constants
-from moto import mock_aws
-from moto.codebuild.models import codebuild_backends
-from typer.testing import CliRunner, Result
 
 from ocimodel.aws import bootstrap, builds, hftoken, teardown
 from ocimodel.aws import plan as p
 from ocimodel.aws import session as aws_session
 from ocimodel.aws.config import parse_config
-from ocimodel.aws.plan import Names, Plan, model_build
-from ocimodel.aws.session import Clients, Clock, connect, whoami
-from ocimodel.aws.sizing import hub_size
+from ocimodel.aws.modelsizes import hub_size
+from ocimodel.aws.plan import Names
+from ocimodel.aws.session import Clients, connect, whoami
 from ocimodel.aws.steps import Step, apply, summary
-from ocimodel.aws.wheel import bundle
-from ocimodel.cli import app
 from ocimodel.errors import OcimodelError
-from tests.hub_server import HubServer, run_hub, tiny_repo
-from tests.unit.aws_seed import seed_managed_policy
+from tests.harness.aws import (
+    ACCOUNT,
+    CONFIG,
+    REGION,
+    REGISTRY,
+    ROLE,
+    TINY,
+    TOKEN,
+    FakeBuild,
+    FakeClock,
+    Wrapped,
+    client_error,
+    invoke,
+    make_plan,
+    moto_update_project,
+    run_bootstrap,
+)
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 BUCKET = f"ocimodel-{ACCOUNT}-{REGION}"
-ROLE = f"ocimodel-codebuild-{REGION}"
-TINY = tiny_repo()
-CONFIG = """
-[aws]
-region = "us-east-1"
-
-[[models]]
-id = "acme/tiny"
-exclude = ["original/*"]
-
-[[models]]
-id = "acme/fixed"   # not on the Hub: the config fixes its machine and timeout, so it is never sized
-compute_type = "BUILD_GENERAL1_MEDIUM"
-timeout_minutes = 30
-"""
 PROJECTS = ["ocimodel-acme-tiny", "ocimodel-acme-fixed"]
 REPOSITORIES = ["kserve-models/acme-tiny", "kserve-models/acme-fixed"]
-TOKEN = "hf_bootstrapTestTokenNeverPrinted0123"
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[HubServer]:
-    with run_hub([tiny_repo()], {}) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def moto_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Clients]]:
-    """One moto for the module, with its clients: creating them costs more than most tests."""
-    with pytest.MonkeyPatch.context() as patch:
-        fake_aws_environment(patch, tmp_path_factory.mktemp("aws"))
-        with mock_aws() as mocked:
-            yield mocked, connect(REGION)
-
-
-def fake_aws_environment(patch: pytest.MonkeyPatch, home: Path) -> None:
-    """Fake credentials, and none of the machine's AWS settings."""
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        patch.delenv(name)
-    patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    patch.setenv("AWS_DEFAULT_REGION", REGION)
-    patch.setenv("AWS_CONFIG_FILE", str(home / "no-aws-config"))
-    patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-aws-credentials"))
-
-
-@pytest.fixture
-def aws(moto_account: tuple[Any, Clients], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub: HubServer) -> Clients:
-    """An empty account, and the Hub look-alike for sizes."""
-    mocked, clients = moto_account
-    mocked.reset()
-    seed_managed_policy(ACCOUNT)  # bootstrap attaches AmazonSSMManagedInstanceCore to aws snapshot's role
-    fake_aws_environment(monkeypatch, tmp_path)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    return clients
-
-
-@pytest.fixture
-def wheel(tmp_path: Path) -> Path:
-    path = tmp_path / "ocimodel-0.1.0-py3-none-any.whl"
-    path.write_bytes(b"a stand-in for the wheel")
-    return path
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "models.toml"
-    path.write_text(CONFIG)
-    return path
-
-
-def make_plan(clients: Clients, wheel: Path, text: str = CONFIG) -> Plan:
-    config = parse_config(text, "models.toml")
-    sizes = [hub_size(m) if p.needs_size(m) else None for m in config.models]
-    built = tuple(model_build(m, s) for m, s in zip(config.models, sizes, strict=True))
-    return Plan(config, Names(config.aws, whoami(clients)), built, bundle(wheel))
-
-
-class FakeClock:
-    """Time that passes only when slept: retries run through their whole schedule at once."""
-
-    def __init__(self) -> None:
-        self.time = 0.0
-        self.waits: list[float] = []
-
-    def now(self) -> float:
-        return self.time
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.time += seconds
-
-    @property
-    def clock(self) -> Clock:
-        return Clock(now=self.now, sleep=self.sleep)
-
-
-def run_bootstrap(clients: Clients, plan: Plan, clock: Clock | None = None) -> list[Step]:
-    todo = bootstrap.steps(clients, plan, clock or FakeClock().clock)
-    apply(todo)
-    return todo
 
 
 def actions(todo: list[Step]) -> dict[tuple[str, str], str]:
     return {(s.kind, s.name): s.action for s in todo}
-
-
-def invoke(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(app, list(args), input=input)
-
-
-class Wrapped:
-    """A boto3 client with some operations replaced: AWS behaviour moto does not have."""
-
-    def __init__(self, client: Any, **overrides: Callable[..., Any]) -> None:
-        self._client = client
-        self._overrides = overrides
-
-    def __getattr__(self, name: str) -> Any:
-        return self._overrides.get(name) or getattr(self._client, name)
-
-
-def client_error(code: str, message: str, operation: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
-
-
-def moto_update_project(clients: Clients) -> Callable[..., dict[str, Any]]:
-    """CodeBuild's update_project, which moto lacks: the same fields replaced in moto's stored project."""
-
-    def update_project(**request: Any) -> dict[str, Any]:
-        project = codebuild_backends[ACCOUNT][REGION].codebuild_projects[request["name"]].project_metadata
-        for key in ("description", "source", "artifacts", "environment", "serviceRole", "logsConfig"):
-            project[key] = request[key]
-        project["timeoutInMinutes"] = request["timeoutInMinutes"]
-        return {"project": project}
-
-    return update_project
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------------------
@@ -537,69 +409,6 @@ def test_a_secret_scheduled_for_deletion_is_restored(aws: Clients) -> None:
 
 
 # --- build and status ---------------------------------------------------------------------------------------------
-
-
-class FakeBuild:
-    """What moto's CodeBuild cannot do: a build that runs for a few polls, logging as it goes, then ends.
-
-    Each ``sleep`` of the follower is a moment of the build: the next log lines are put into the build's real
-    (moto) CloudWatch stream and the next status is what ``batch_get_builds`` says.
-    """
-
-    def __init__(
-        self,
-        clients: Clients,
-        batches: list[list[str]],
-        statuses: list[str],
-        phases: list[dict[str, Any]] | None = None,
-    ):
-        self.clients = clients
-        self.batches = list(batches)
-        self.statuses = list(statuses)
-        self.phases = phases or []
-        self.waits: list[float] = []
-        self.build_id = ""
-
-    def wrap(self) -> Clients:
-        return replace(
-            self.clients,
-            codebuild=Wrapped(
-                self.clients.codebuild, start_build=self.start_build, batch_get_builds=self.batch_get_builds
-            ),
-        )
-
-    def start_build(self, **request: Any) -> Any:
-        started = self.clients.codebuild.start_build(**request)
-        self.build_id = started["build"]["id"]
-        group = f"/aws/codebuild/{request['projectName']}"
-        self.clients.logs.create_log_stream(logGroupName=group, logStreamName=self.stream)
-        self.put(self.batches.pop(0))
-        return started
-
-    @property
-    def stream(self) -> str:
-        return self.build_id.split(":", 1)[1]
-
-    def put(self, lines: list[str]) -> None:
-        group = f"/aws/codebuild/{self.build_id.split(':')[0]}"
-        now = int(time.time() * 1000)  # CloudWatch drops events older than 14 days
-        events = [{"timestamp": now, "message": line + "\n"} for line in lines]
-        if events:
-            self.clients.logs.put_log_events(logGroupName=group, logStreamName=self.stream, logEvents=events)
-
-    def batch_get_builds(self, ids: list[str]) -> Any:
-        (build,) = self.clients.codebuild.batch_get_builds(ids=ids)["builds"]
-        status = self.statuses[0] if len(self.statuses) == 1 else self.statuses.pop(0)
-        build["buildStatus"] = status
-        build["logs"] = {"groupName": None} if status == builds.IN_PROGRESS else build["logs"]
-        if status != builds.IN_PROGRESS:
-            build["phases"] = self.phases
-        return {"builds": [build], "buildsNotFound": []}
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        if self.batches:
-            self.put(self.batches.pop(0))
 
 
 def result_line(digest: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import moto.codebuild.responses as moto_codebuild
 import pytest
 
-from ocimodel.aws import bootstrap, hftoken, shapes, sizing
+from ocimodel.aws import bootstrap, hftoken, modelsizes, shapes
 from ocimodel.aws import plan as p
 from ocimodel.aws import session as aws_session
 from ocimodel.aws.config import ModelSpec, parse_config
@@ -27,7 +27,7 @@ from ocimodel.aws.session import Clients, connect, whoami
 from ocimodel.aws.wheel import bundle
 from ocimodel.errors import OcimodelError
 from ocimodel.source.hub import HubFile
-from tests.unit.test_aws_bootstrap import (  # noqa: F401, F811 (the fixtures are shared by import)
+from tests.harness.aws import (
     ACCOUNT,
     CONFIG,
     REGION,
@@ -37,47 +37,23 @@ from tests.unit.test_aws_bootstrap import (  # noqa: F401, F811 (the fixtures ar
     TOKEN,
     FakeBuild,
     FakeClock,
+    ShapeCheck,
     Wrapped,
-    aws,
+    checking,
     client_error,
-    config_file,
-    hub,
     invoke,
     make_plan,
-    moto_account,
     moto_update_project,
     run_bootstrap,
-    wheel,
 )
 
 SERVICES = ("ecr", "iam", "s3", "logs", "codebuild", "secrets", "sts", "kms")
 
 
-class ShapeCheck:
-    """Every request the clients build, checked against its operation's input shape as botocore's model states it."""
-
-    def __init__(self) -> None:
-        self.operations: list[str] = []
-        self.problems: list[str] = []
-
-    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self.operations.append(model.name)
-        self.problems += shapes.problems(model.input_shape, params, model.name)
-
-    def check(self, client: Any, operation: str, request: dict[str, Any]) -> None:
-        """For an operation a test plays itself (moto lacks it): the same check."""
-        self.operations.append(operation)
-        self.problems += shapes.check_request(client.meta.service_model, operation, request)
-
-
 @pytest.fixture
 def checked(aws: Clients) -> Iterator[ShapeCheck]:
-    check = ShapeCheck()
-    for service in SERVICES:
-        getattr(aws, service).meta.events.register("before-parameter-build", check, unique_id="shape-check")
-    yield check
-    for service in SERVICES:
-        getattr(aws, service).meta.events.unregister("before-parameter-build", unique_id="shape-check")
+    with checking(aws, SERVICES, ShapeCheck()) as check:
+        yield check
 
 
 def long_id(suffix: str) -> str:
@@ -357,7 +333,7 @@ def test_a_file_making_a_layer_over_ecrs_maximum_is_refused_before_the_build(
 ) -> None:
     run_bootstrap(aws, make_plan(aws, wheel))
     hftoken.store(aws.secrets, "ocimodel/hf-token", TOKEN)
-    real_open = sizing._open
+    real_open = modelsizes._open
 
     def listed_with_a_huge_file(model: ModelSpec) -> Any:
         """The Hub listing as it would be with a 53,000 MiB shard (a test cannot serve one)."""
@@ -365,7 +341,7 @@ def test_a_file_making_a_layer_over_ecrs_maximum_is_refused_before_the_build(
         huge = HubFile("model-00001-of-00002.safetensors", 53_000 << 20, "a" * 64)
         return replace(source, listing=(*(source.listing or ()), huge))
 
-    monkeypatch.setattr(sizing, "_open", listed_with_a_huge_file)
+    monkeypatch.setattr(modelsizes, "_open", listed_with_a_huge_file)
     result = invoke("aws", "build", "acme/tiny", "--config", str(config_file))
     assert isinstance(result.exception, OcimodelError)
     assert str(result.exception).startswith(

@@ -12,7 +12,7 @@ import json
 import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -25,26 +25,22 @@ from ocimodel.aws.config import parse_config
 from ocimodel.aws.plan import Names
 from ocimodel.aws.session import Clients, whoami
 from ocimodel.errors import OcimodelError
-from tests.registry_stub import RegistryStub
-from tests.unit.aws_seed import seed_public_parameter
-from tests.unit.test_aws_bootstrap import (  # noqa: F401 (the fixtures are shared by import)
+from tests.harness.registry_stub import RegistryStub
+from tests.harness.aws import (
     ACCOUNT,
     CONFIG,
     REGION,
     REGISTRY,
     FakeClock,
+    ShapeCheck,
     Wrapped,
-    aws,
+    checking,
     client_error,
-    config_file,
-    hub,
     invoke,
     make_plan,
-    moto_account,
     run_bootstrap,
-    wheel,
+    seed_public_parameter,
 )
-from tests.unit.test_aws_limits import ShapeCheck
 
 SERVICES = ("ecr", "iam", "sts", "ec2", "ssm")
 PROFILE = f"ocimodel-snapshot-{REGION}"
@@ -55,29 +51,10 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-class Recorded(ShapeCheck):
-    """The shape check, keeping each request too: what the security group and the instance were made with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, params: dict[str, Any], model: Any, **rest: Any) -> None:
-        self.requests.append((model.name, params))
-        super().__call__(params, model, **rest)
-
-    def sent(self, operation: str) -> list[dict[str, Any]]:
-        return [params for name, params in self.requests if name == operation]
-
-
 @pytest.fixture
-def checked(aws: Clients) -> Iterator[Recorded]:
-    check = Recorded()
-    for service in SERVICES:
-        getattr(aws, service).meta.events.register("before-parameter-build", check, unique_id="snapshot-check")
-    yield check
-    for service in SERVICES:
-        getattr(aws, service).meta.events.unregister("before-parameter-build", unique_id="snapshot-check")
+def checked(aws: Clients) -> Iterator[ShapeCheck]:
+    with checking(aws, SERVICES, ShapeCheck()) as check:
+        yield check
 
 
 def manifest(layers: list[tuple[str, int]]) -> str:
@@ -160,7 +137,7 @@ class Agent:
     Commands are still sent to moto's SSM, which records them: the tests read them back from there.
     """
 
-    def __init__(self, aws: Clients, checked: Recorded, online: bool = True) -> None:
+    def __init__(self, aws: Clients, checked: ShapeCheck, online: bool = True) -> None:
         self.aws = aws
         self.checked = checked
         self.online = online
@@ -351,7 +328,7 @@ def test_a_snapshot_holds_at_most_as_many_images_as_ec2_tags_allow() -> None:
 
 
 def test_a_snapshot_is_made_tagged_and_everything_temporary_is_gone(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     aws = account.aws
     agent = Agent(aws, checked)
@@ -417,7 +394,7 @@ def test_a_snapshot_is_made_tagged_and_everything_temporary_is_gone(
 
 
 def test_the_same_images_again_find_the_snapshot_and_force_makes_another(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = Agent(account.aws, checked)
     first = cli(monkeypatch, agent.clients(), config_file)
@@ -447,7 +424,7 @@ def test_the_same_images_again_find_the_snapshot_and_force_makes_another(
 
 
 def test_a_failed_pull_leaves_nothing_behind_and_says_which_image(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     aws = account.aws
     agent = Agent(aws, checked)
@@ -464,7 +441,7 @@ def test_a_failed_pull_leaves_nothing_behind_and_says_which_image(
     assert checked.problems == []
 
 
-def test_ctrl_c_mid_pull_removes_the_instance_and_the_security_group(account: Account, checked: Recorded) -> None:
+def test_ctrl_c_mid_pull_removes_the_instance_and_the_security_group(account: Account, checked: ShapeCheck) -> None:
     aws = account.aws
     agent = Agent(aws, checked)
     config = parse_config(CONFIG, "models.toml")
@@ -480,7 +457,7 @@ def test_ctrl_c_mid_pull_removes_the_instance_and_the_security_group(account: Ac
 
 
 def test_ctrl_c_while_the_snapshot_is_made_deletes_the_unfinished_snapshot(
-    account: Account, checked: Recorded
+    account: Account, checked: ShapeCheck
 ) -> None:
     aws = account.aws
     agent = Agent(aws, checked)
@@ -509,7 +486,7 @@ def test_ctrl_c_while_the_snapshot_is_made_deletes_the_unfinished_snapshot(
 
 
 def test_an_instance_ssm_never_sees_is_given_up_after_a_bound_and_removed(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = Agent(account.aws, checked, online=False)
     clock = FakeClock()
@@ -520,7 +497,7 @@ def test_an_instance_ssm_never_sees_is_given_up_after_a_bound_and_removed(
     assert left_over(account.aws) == NOTHING
 
 
-def test_a_profile_iam_has_not_propagated_to_ec2_yet_is_waited_for(account: Account, checked: Recorded) -> None:
+def test_a_profile_iam_has_not_propagated_to_ec2_yet_is_waited_for(account: Account, checked: ShapeCheck) -> None:
     aws = account.aws
     clock = FakeClock()
 
@@ -544,7 +521,7 @@ def test_a_profile_iam_has_not_propagated_to_ec2_yet_is_waited_for(account: Acco
 
 
 def test_a_model_without_an_image_is_refused_before_anything_is_made(
-    aws: Clients, wheel: Path, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    aws: Clients, wheel: Path, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_bootstrap(aws, make_plan(aws, wheel))
     push(aws, "kserve-models/acme-tiny", [(TAR, 1)])
@@ -558,7 +535,7 @@ def test_a_model_without_an_image_is_refused_before_anything_is_made(
 
 
 def test_the_dry_run_shows_the_plan_and_changes_nothing(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = cli(
         monkeypatch, Agent(account.aws, checked).clients(), config_file, "--dry-run", "--ami-family", "al2023-nvidia"
@@ -580,7 +557,7 @@ def test_the_dry_run_shows_the_plan_and_changes_nothing(
 
 
 def test_an_ami_of_another_architecture_is_refused(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = cli(monkeypatch, Agent(account.aws, checked).clients(), config_file, "--ami", account.arm64_ami)
     assert isinstance(result.exception, OcimodelError)
@@ -609,7 +586,7 @@ def test_the_instance_profile_pulls_the_configs_repositories_only(account: Accou
 
 
 def test_teardown_deletes_the_snapshots_only_when_asked_and_the_profile(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     aws = account.aws
     made = cli(monkeypatch, Agent(aws, checked).clients(), config_file)
@@ -655,7 +632,7 @@ def test_extra_images_are_pinned_and_only_the_configs_ecr_repositories_allowed(
             snap.resolve_images(aws, names, config, fixed, snap.Options(extra_images=(outside,)))
 
 
-def test_what_could_not_be_deleted_is_named(account: Account, checked: Recorded) -> None:
+def test_what_could_not_be_deleted_is_named(account: Account, checked: ShapeCheck) -> None:
     aws = account.aws
     agent = Agent(aws, checked)
     config = parse_config(CONFIG, "models.toml")
@@ -709,7 +686,7 @@ def test_a_kms_key_encrypts_the_volume_and_the_nodeclass_names_it() -> None:
 
 
 def test_an_al2023_snapshot_moves_containerds_root_onto_the_data_volume_first(
-    account: Account, checked: Recorded, config_file: Path, monkeypatch: pytest.MonkeyPatch
+    account: Account, checked: ShapeCheck, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     aws = account.aws
     result = cli(monkeypatch, Agent(aws, checked).clients(), config_file, "acme/tiny", "--ami-family", "al2023-nvidia")

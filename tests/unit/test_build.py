@@ -21,58 +21,38 @@ from typing import Any
 import pytest
 import requests
 
-import ocimodel
 import ocimodel.layout.modellayer
 import ocimodel.layout.tarlayer
 from ocimodel import localdb
-from ocimodel.registry.build import BuildOptions, build, build_with_layout
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from ocimodel.layout.store import BlobWriter, Layout
-from ocimodel.layout.pack import PackOptions, pack
-from ocimodel.registry.auth import Credentials, Keychain
-from ocimodel.registry.client import RegistryClient
+from ocimodel.registry.auth import Credentials
 from ocimodel.registry.push import PushOptions, push
 from ocimodel.registry.reference import parse_reference
-from ocimodel.results import BuildResult, PushResult
-from ocimodel.retry import RetryPolicy
-from ocimodel.source.local import LocalSource
-from tests.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
-from tests.unit.test_push import (
-    ECR_HOST,
-    Recorder,
-    _Redirector,
-    blob_requests,
-    content_range,
-    manifest_puts,
-    methods,
-    session_of,
+from ocimodel.results import BuildResult
+from tests.harness.registry_stub import Behaviour, Fault, LoggedRequest, RegistryStub, digest_of
+from tests.harness.build import (
+    BIG,
+    CHUNK,
+    PASSWORD,
+    REPO,
+    SMALL_SHARD,
+    Builder,
+    Packed,
+    assert_holds,
+    layer_digests,
+    make_model,
+    pack_model,
+    packed,
 )
+from tests.harness.progress import Recorder
+from tests.harness.registry_stub import ECR_HOST, Redirector
+from tests.harness.stub_log import blob_requests, content_range, manifest_puts, methods, session_of
 
-REPO = "models/built"
-CHUNK = 64 * 1024
-PASSWORD = "bu1ld-Pa55word-never-shown"
-#: The one shard big enough to be chunked: its layer is five full chunks and a ragged end, plus tar framing.
-BIG = 5 * CHUNK + 1234
-SMALL_SHARD = 40_000
 LAYER_TYPES = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 
 
-
-
 # --- models and bases ------------------------------------------------------------------------------------------
-
-
-def make_model(root: Path, shards: Sequence[int] = (BIG, SMALL_SHARD), small: bool = True, seed: int = 0) -> Path:
-    """Weights (a layer each) and, with ``small``, configs that share one layer."""
-    rng = random.Random(seed)
-    root.mkdir(parents=True)
-    for i, size in enumerate(shards, 1):
-        (root / f"model-{i:05d}-of-{len(shards):05d}.safetensors").write_bytes(rng.randbytes(size))
-    if small:
-        (root / "config.json").write_text(json.dumps({"hidden_size": 64, "seed": seed}))
-        (root / "tokenizer").mkdir()
-        (root / "tokenizer" / "vocab.txt").write_text("\n".join(rng.randbytes(4).hex() for _ in range(300)))
-    return root
 
 
 def shard(root: Path, i: int) -> Path:
@@ -103,138 +83,13 @@ def add_base(stub: RegistryStub, repo: str = "library/base") -> str:
 # --- building --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Builder:
-    """Builds into the stub with policies that never sleep; keeps the delays that were asked for."""
-
-    stub: RegistryStub
-    creds: Credentials | None = None
-    registry: str | None = None
-    session: requests.Session | None = None
-    client_sleeps: list[float] = field(default_factory=list)
-    push_sleeps: list[float] = field(default_factory=list)
-    reporter: Recorder = field(default_factory=Recorder)
-
-    def client(self) -> RegistryClient:
-        creds = self.creds
-        return RegistryClient(
-            self.registry or self.stub.host,
-            plain_http=True,
-            keychain=Keychain((lambda host: creds,)),
-            session=self.session,
-            retry=RetryPolicy(sleep=self.client_sleeps.append),
-        )
-
-    def __call__(
-        self,
-        source: Path,
-        repo: str = REPO,
-        *,
-        tag: str = "latest",
-        compression: str = "none",
-        base: str = "scratch",
-        use_cache: bool = True,
-        two_pass: bool = False,
-        layout: Path | None = None,
-        chunk_size: int = CHUNK,
-    ) -> BuildResult:
-        with _StubRegistry(self) as registry:
-            return ocimodel.build(
-                source, f"{self.registry or self.stub.host}/{repo}:{tag}", base=base, compression=compression,
-                use_cache=use_cache, two_pass=two_pass, layout=layout, chunk_size=chunk_size, check=False,
-                registry=registry, progress=self.reporter,
-            )
-
-
-class _StubRegistry(ocimodel.Registry):
-    """The API's registry with the builder's client (its credentials, session and sleeps) and push policy."""
-
-    def __init__(self, builder: Builder) -> None:
-        super().__init__(retry=RetryPolicy(sleep=builder.push_sleeps.append), remember_blobs=False)
-        self._client = builder.client()
-
-    def client(self, registry: str) -> RegistryClient:
-        assert registry == self._client.registry
-        return self._client
-
-    def close(self) -> None:
-        self._client.close()
-
-
 @pytest.fixture
 def builder(stub: RegistryStub) -> Builder:
     return Builder(stub)
 
 
-@dataclass(frozen=True)
-class Packed:
-    """What ``pack`` made of a model: the manifest digest, and the manifest, config and layer bytes by digest."""
-
-    digest: str
-    manifest: dict[str, Any]
-    blobs: dict[str, bytes]
-
-    @property
-    def layers(self) -> list[str]:
-        return [d["digest"] for d in self.manifest["layers"]]
-
-
-def packed(layout_dir: Path, digest: str) -> Packed:
-    layout = Layout.open(layout_dir)
-    manifest = json.loads(layout.read_blob(digest))
-    parts = [manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
-    return Packed(digest, manifest, {digest: layout.read_blob(digest), **{d: layout.read_blob(d) for d in parts}})
-
-
-def pack_model(source: Path, layout_dir: Path, *, compression: str = "none", base: str = "scratch") -> Packed:
-    """The yardstick image, made without the digest cache so it cannot lend a build its digests."""
-    options = PackOptions(base=base, compression=compression, use_cache=False)
-    manifest = pack(LocalSource.from_path(source), layout_dir, options, Recorder())
-    return packed(layout_dir, manifest.digest)
-
-
-def assert_holds(stub: RegistryStub, result: BuildResult | PushResult, image: Packed, repo: str = REPO,
-                 tag: str = "latest") -> None:
-    """The registry holds ``image`` under the tag, and the result says so: every byte as ``pack`` wrote it."""
-    pushed = result.push if isinstance(result, BuildResult) else result
-    assert pushed.digest == image.digest
-    assert pushed.reference == f"{pushed.reference.split('/', 1)[0]}/{repo}@{image.digest}"
-    held = stub.repository(repo)
-    assert held.manifests[tag][0] == image.blobs[image.digest]
-    for digest, data in image.blobs.items():
-        if digest != image.digest:
-            assert held.blobs.get(digest) == data, f"blob {digest} differs or is missing"
-    assert {b.digest for b in pushed.blobs} == set(image.blobs) - {image.digest}
-    assert_dependency_order(stub, repo)
-
-
-def assert_dependency_order(stub: RegistryStub, repo: str) -> None:
-    """Nothing was stored in ``repo`` before what it references (unless the repository held that already), and
-    its last manifest PUT came after its last blob was complete.
-
-    Unlike push's version, several builds may share the log, and a rebuild stores no blob it skipped.
-    """
-    stored = [s for s in stub.stored if s.repo == repo]
-    in_log, seen = {s.digest for s in stored}, set[str]()
-    for event in stored:
-        if event.kind == "manifest":
-            doc = json.loads(stub.repository(repo).manifests[event.digest][0])
-            refs = {d["digest"] for d in [doc["config"], *doc["layers"]]}
-            assert refs & in_log <= seen, f"manifest {event.digest} stored before {(refs & in_log) - seen}"
-        seen.add(event.digest)
-    log = [r for r in stub.requests_to() if r.path.startswith(f"/v2/{repo}/")]
-    manifests = [i for i, r in enumerate(log) if r.method == "PUT" and "/manifests/" in r.path]
-    blobs_done = [i for i, r in enumerate(log) if r.status == 201 and "/blobs/" in r.path]
-    assert manifests and all(i < manifests[-1] for i in blobs_done)
-
-
 def outcomes(result: BuildResult) -> dict[str, str]:
     return {b.digest: b.outcome for b in result.push.blobs}
-
-
-def layer_digests(stub: RegistryStub, result: BuildResult, repo: str = REPO) -> list[str]:
-    manifest = json.loads(stub.repository(repo).manifests[result.push.digest][0])
-    return [d["digest"] for d in manifest["layers"]]
 
 
 def config_digest(stub: RegistryStub, result: BuildResult, repo: str = REPO) -> str:
@@ -416,7 +271,7 @@ def test_ecr_gets_one_streamed_patch_per_layer(stub: RegistryStub, tmp_path: Pat
     stub.behaviour = Behaviour(ecr_like=True, auth="basic", users={"AWS": PASSWORD})
     session = requests.Session()
     session.trust_env = False
-    session.mount(f"http://{ECR_HOST}/", _Redirector(ECR_HOST, stub.host))
+    session.mount(f"http://{ECR_HOST}/", Redirector(ECR_HOST, stub.host))
     builder = Builder(stub, Credentials("AWS", PASSWORD), ECR_HOST, session)
     source = make_model(tmp_path / "model")
     result = builder(source)

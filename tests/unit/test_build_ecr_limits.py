@@ -9,11 +9,9 @@ import requests
 
 from ocimodel.errors import OcimodelError
 from ocimodel.registry.auth import Credentials
-from tests.registry_stub import Behaviour, RegistryStub
-from tests.unit.test_build import ECR_HOST, PASSWORD, Builder, _Redirector
-
-#: ECR's largest layer, 52,000 MiB (ECR service quotas).
-ECR_MAX_LAYER_BYTES = 52_000 << 20
+from ocimodel.registry.push import ECR_MAX_LAYER_BYTES
+from tests.harness.build import PASSWORD, Builder
+from tests.harness.registry_stub import ECR_HOST, Behaviour, Redirector, RegistryStub
 
 
 def test_layer_over_ecrs_limit_is_refused_before_anything_is_sent(stub: RegistryStub, tmp_path: Path) -> None:
@@ -25,7 +23,7 @@ def test_layer_over_ecrs_limit_is_refused_before_anything_is_sent(stub: Registry
     stub.behaviour = Behaviour(ecr_like=True, auth="basic", users={"AWS": PASSWORD})
     session = requests.Session()
     session.trust_env = False
-    session.mount(f"http://{ECR_HOST}/", _Redirector(ECR_HOST, stub.host))
+    session.mount(f"http://{ECR_HOST}/", Redirector(ECR_HOST, stub.host))
     with pytest.raises(OcimodelError) as err:
         Builder(stub, Credentials("AWS", PASSWORD), ECR_HOST, session)(model)
     message = str(err.value)

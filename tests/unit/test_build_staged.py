@@ -25,8 +25,8 @@ from ocimodel.registry.reference import parse_reference
 from ocimodel.retry import RetryPolicy
 from ocimodel.source import Filters, Provenance, SourceFile, StagedSource
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import RegistryStub
-from tests.unit.test_push import Recorder
+from tests.harness.registry_stub import RegistryStub
+from tests.harness.progress import Recorder
 
 SHARD = 300_000
 

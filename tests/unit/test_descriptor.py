@@ -31,7 +31,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import RegistryStub
+from tests.harness.registry_stub import RegistryStub
 
 CONTENT = b"a small blob"
 DIGEST = "sha256:" + hashlib.sha256(CONTENT).hexdigest()

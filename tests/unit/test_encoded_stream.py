@@ -28,17 +28,9 @@ from ocimodel.layout.plan import LayerPlan, plan_layers
 from ocimodel.layout.tarlayer import EncodedLayer, Member, encode_layer, tar_chunks, tar_size
 from ocimodel.source import Filters
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import Fault, RegistryStub
-from tests.unit.test_build import (
-    CHUNK,
-    Builder,
-    assert_holds,
-    blob_requests,
-    content_range,
-    layer_digests,
-    make_model,
-    pack_model,
-)
+from tests.harness.registry_stub import Fault, RegistryStub
+from tests.harness.build import CHUNK, Builder, assert_holds, layer_digests, make_model, pack_model
+from tests.harness.stub_log import blob_requests, content_range
 
 KiB = 1024
 

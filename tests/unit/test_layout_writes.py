@@ -21,7 +21,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.layout.pack import PackOptions, pack
 from ocimodel.progress import PlainReporter
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import Fault, RegistryStub
+from tests.harness.registry_stub import Fault, RegistryStub
 
 REF_NAME = "org.opencontainers.image.ref.name"
 

@@ -23,7 +23,7 @@ from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.pull import PulledImage, pull_image
 from ocimodel.registry.reference import Reference, parse_reference
 from ocimodel.retry import RetryPolicy
-from tests.registry_stub import Behaviour, Fault, RegistryStub
+from tests.harness.registry_stub import Behaviour, Fault, RegistryStub
 
 REPO = "library/busybox"
 AMD64 = Platform("linux", "amd64")

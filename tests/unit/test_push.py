@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import random
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -38,27 +36,29 @@ from ocimodel.layout.store import Layout
 from ocimodel.registry.auth import Credentials, EcrCredentials, Keychain
 from ocimodel.registry.client import RegistryClient, RegistryError
 from ocimodel.registry.known import KnownBlobs
-from ocimodel.registry.push import PushOptions, Upload, is_ecr, push
-from ocimodel.results import PushResult
+from ocimodel.registry.push import ECR_MAX_LAYER_BYTES, PushOptions, Upload, is_ecr, push
 from ocimodel.registry.push import Pusher as BlobSender
 from ocimodel.registry.reference import parse_reference
+from ocimodel.results import PushResult
 from ocimodel.retry import RetryPolicy
-from tests.registry_stub import (
+from tests.harness.progress import Recorder
+from tests.harness.registry_stub import (
+    ECR_HOST,
     Behaviour,
     Fault,
     LoggedRequest,
+    Redirector,
     RegistryStub,
     digest_of,
+    stub_client,
 )
+from tests.harness.stub_log import blob_requests, content_range, manifest_puts, methods, session_of
 
 REPO = "models/tiny"
 CHUNK = 64 * 1024
 PASSWORD = "pu5h-Pa55word-never-shown"
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
-ECR_HOST = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
-#: ECR's largest layer, 52,000 MiB (ECR service quotas).
-ECR_MAX_LAYER_BYTES = 52_000 << 20
 #: Size of the one blob big enough to be chunked: five full chunks and a ragged end.
 BIG = 5 * CHUNK + 1234
 
@@ -129,36 +129,6 @@ def image(tmp_path: Path) -> Image:
 # --- pushing ---------------------------------------------------------------------------------------------------
 
 
-class RecordedTask:
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total = label, total
-        self.done = 0
-        self.note: str | None = None
-
-    def advance(self, n: int) -> None:
-        self.done += n
-
-    def finish(self, note: str = "") -> None:
-        self.note = note
-
-
-class Recorder:
-    """A progress reporter that keeps every task, to check what the bars would have shown."""
-
-    def __init__(self) -> None:
-        self.tasks: list[RecordedTask] = []
-        self._lock = threading.Lock()
-
-    def task(self, label: str, total: int) -> RecordedTask:
-        task = RecordedTask(label, total)
-        with self._lock:
-            self.tasks.append(task)
-        return task
-
-    def close(self) -> None:
-        pass
-
-
 @dataclass
 class Pusher:
     """Pushes to the stub with policies that never sleep; keeps the delays that were asked for."""
@@ -170,14 +140,7 @@ class Pusher:
     reporter: Recorder = field(default_factory=Recorder)
 
     def client(self, registry: str | None = None, session: requests.Session | None = None) -> RegistryClient:
-        creds = self.creds
-        return RegistryClient(
-            registry or self.stub.host,
-            plain_http=True,
-            keychain=Keychain((lambda host: creds,)),
-            session=session,
-            retry=RetryPolicy(sleep=self.client_sleeps.append),
-        )
+        return stub_client(registry or self.stub.host, self.creds, session, self.client_sleeps)
 
     def __call__(
         self,
@@ -206,45 +169,8 @@ def pusher(stub: RegistryStub) -> Pusher:
 # --- reading the stub ------------------------------------------------------------------------------------------
 
 
-def session_of(request: LoggedRequest) -> str | None:
-    """The upload session a request opened (POST) or used."""
-    if request.method == "POST":
-        return request.answer.get("Docker-Upload-UUID")
-    match = re.search(r"/blobs/uploads/([^/]+)$", request.path)
-    return match[1] if match else None
-
-
-def blob_requests(stub: RegistryStub, digest: str, *, chunked: bool = False) -> list[LoggedRequest]:
-    """Every request about one blob: its HEADs, mount POSTs, and every request of each session that tried to
-    upload it. A session is tied to the blob by the PUT that closed it; with ``chunked`` (for a test where only
-    this blob is big enough to be chunked) also every session that saw a PATCH, abandoned ones included."""
-    log = stub.requests_to()
-    sessions = {session_of(r) for r in log if r.method == "PUT" and r.query.get("digest") == [digest]}
-    if chunked:
-        sessions |= {session_of(r) for r in log if r.method == "PATCH"}
-    sessions.discard(None)
-    return [
-        r
-        for r in log
-        if r.path.endswith(f"/blobs/{digest}") or r.query.get("mount") == [digest] or session_of(r) in sessions
-    ]
-
-
 def patches(stub: RegistryStub) -> list[LoggedRequest]:
     return [r for r in stub.requests_to() if r.method == "PATCH"]
-
-
-def content_range(request: LoggedRequest) -> tuple[int, int]:
-    start, end = request.headers["Content-Range"].split("-")
-    return int(start), int(end)
-
-
-def methods(requests_: Sequence[LoggedRequest]) -> list[str]:
-    return [r.method for r in requests_]
-
-
-def manifest_puts(stub: RegistryStub) -> list[LoggedRequest]:
-    return [r for r in stub.requests_to() if r.method == "PUT" and "/manifests/" in r.path]
 
 
 def assert_pushed(stub: RegistryStub, image: Image, result: PushResult, repo: str = REPO, tag: str = "latest") -> None:
@@ -477,31 +403,13 @@ def test_broken_chunking_falls_back_to_whole_blobs(
     assert_progress_complete(pusher, image)
 
 
-class _Redirector(requests.adapters.HTTPAdapter):
-    """Sends requests for ``host`` to the stub, while the client keeps seeing ``host`` in every URL."""
-
-    def __init__(self, host: str, target: str) -> None:
-        super().__init__()
-        self.host, self.target = host, target
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        original = request.url or ""
-        request.url = original.replace(f"http://{self.host}/", f"http://{self.target}/", 1)
-        try:
-            response = super().send(request, **kwargs)
-        finally:
-            request.url = original
-        response.url = original
-        return response
-
-
 def test_ecr_host_gets_whole_blob_uploads_without_trying_chunks(stub: RegistryStub, image: Image) -> None:
     assert is_ecr(ECR_HOST) and is_ecr("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com")
     assert not is_ecr("public.ecr.aws") and not is_ecr(stub.host) and not is_ecr("ecr.example.com")
     stub.behaviour = Behaviour(ecr_like=True, auth="basic", users={"AWS": PASSWORD})
     session = requests.Session()
     session.trust_env = False
-    session.mount(f"http://{ECR_HOST}/", _Redirector(ECR_HOST, stub.host))
+    session.mount(f"http://{ECR_HOST}/", Redirector(ECR_HOST, stub.host))
     pusher = Pusher(stub, Credentials("AWS", PASSWORD))
     result = pusher(image, registry=ECR_HOST, client=pusher.client(ECR_HOST, session))
     assert_pushed(stub, image, result)
@@ -815,7 +723,7 @@ class FakeEcr:
 def ecr_client(stub: RegistryStub, fake: FakeEcr, sleeps: list[float]) -> RegistryClient:
     session = requests.Session()
     session.trust_env = False
-    session.mount(f"http://{ECR_HOST}/", _Redirector(ECR_HOST, stub.host))
+    session.mount(f"http://{ECR_HOST}/", Redirector(ECR_HOST, stub.host))
     keychain = Keychain((EcrCredentials(lambda region: fake),))
     return RegistryClient(ECR_HOST, plain_http=True, keychain=keychain, session=session,
                           retry=RetryPolicy(sleep=sleeps.append))

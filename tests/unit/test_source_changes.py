@@ -27,7 +27,7 @@ from ocimodel.retry import RetryPolicy
 from ocimodel.source import Filters, Provenance, SourceFile
 from ocimodel.source.hub import HubFile, HubSource
 from ocimodel.source.local import LocalSource
-from tests.registry_stub import RegistryStub
+from tests.harness.registry_stub import RegistryStub
 
 WEIGHTS = b"w" * 5000
 SECRET = b"s" * len(WEIGHTS)  # as long as the file it replaces, so no size check can catch the swap

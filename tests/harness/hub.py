@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
@@ -367,3 +368,15 @@ def run_hub(repos: list[HubRepo], tokens: dict[str, set[str]]) -> Iterator[HubSe
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def hub_env(hub: HubServer, home: Path) -> dict[str, str]:
+    """The machine's environment without any HF setting of its own, pointed at ``hub``, with fresh caches in ``home``:
+    a CLI run in it does exactly what it would against the real Hub."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+    return clean | {
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(home / "hf"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }

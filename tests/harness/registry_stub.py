@@ -39,6 +39,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
+
+import requests
+import requests.adapters
+
+from ocimodel.registry.auth import Credentials, Keychain
+from ocimodel.registry.client import RegistryClient
+from ocimodel.retry import RetryPolicy
 from urllib.parse import parse_qs, unquote, urlsplit
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -923,3 +930,43 @@ def isolate_credentials(monkeypatch: Any, home: Path) -> Path:
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     return docker_config
+
+
+# --- the stub answering for ECR -----------------------------------------------------------------------------------
+
+#: An ECR registry's name, for the code paths that depend on it (whole-blob uploads, ECR's limits); a ``Redirector``
+#: mounted on a session sends its requests to the stub.
+ECR_HOST = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
+class Redirector(requests.adapters.HTTPAdapter):
+    """Sends requests for ``host`` to the stub, while the client keeps seeing ``host`` in every URL."""
+
+    def __init__(self, host: str, target: str) -> None:
+        super().__init__()
+        self.host, self.target = host, target
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        original = request.url or ""
+        request.url = original.replace(f"http://{self.host}/", f"http://{self.target}/", 1)
+        try:
+            response = super().send(request, **kwargs)
+        finally:
+            request.url = original
+        response.url = original
+        return response
+
+
+def stub_client(
+    host: str, creds: Credentials | None = None, session: requests.Session | None = None, sleeps: list[float] | None = None
+) -> RegistryClient:
+    """A client of ``host`` (the stub's, or one a session's ``Redirector`` sends to it) offering ``creds`` and whose
+    retries never sleep: the delays they ask for are kept in ``sleeps``."""
+    asked = sleeps if sleeps is not None else []
+    return RegistryClient(
+        host,
+        plain_http=True,
+        keychain=Keychain((lambda _: creds,)),
+        session=session,
+        retry=RetryPolicy(sleep=asked.append),
+    )
