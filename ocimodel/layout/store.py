@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Iterable, Iterator
 
-from ocimodel.errors import DigestMismatch, OcimodelError
+from ocimodel.errors import DigestMismatch, InvalidArgument, OcimodelError
 from ocimodel.layout.descriptor import (
     ANNOTATION_REF_NAME,
     DOCUMENT_MAX_BYTES,
@@ -400,7 +400,9 @@ class Layout:
             if len(entries) == 1:
                 return "latest", entries[0]
             raise OcimodelError(f"layout {self.root} has no tagged image to push")
-        raise OcimodelError(f"layout {self.root} has several tags ({', '.join(sorted(tags))}); pick one with --tag")
+        raise InvalidArgument(
+            "tag", f"layout {self.root} has several tags ({', '.join(sorted(tags))}); pick one of them"
+        )
 
     def set_tag(self, tag: str, desc: Descriptor) -> None:
         """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place.

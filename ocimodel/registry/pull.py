@@ -78,8 +78,8 @@ def pull_first(refs: Sequence[Reference], platform: Platform, layout: Layout, *,
             failures.append(f"{ref.api_host}: {exc}")
     hosts = ", ".join(ref.api_host for ref in refs)
     raise OcimodelError(
-        f"cannot fetch base image {refs[0].digest} from any of {hosts} ({'; '.join(failures)}): pass --base (or set "
-        "OCIMODEL_BASE_IMAGE) to a copy of the image on a registry you can reach"
+        f"cannot fetch base image {refs[0].digest} from any of {hosts} ({'; '.join(failures)}): give another base "
+        "image (or set OCIMODEL_BASE_IMAGE): a copy of it on a registry you can reach"
     )
 
 

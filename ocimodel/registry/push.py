@@ -56,7 +56,7 @@ def refuse_oversized_layers(registry: str, layers: Iterable[tuple[str, int]]) ->
         if size > ECR_MAX_LAYER_BYTES:
             raise OcimodelError(
                 f"{name} is {human_size(size)}, more than the {human_size(ECR_MAX_LAYER_BYTES)} ECR accepts in one "
-                f"layer ({registry}); nothing was sent: leave it out (--exclude) or use another registry"
+                f"layer ({registry}); nothing was sent: leave it out (exclude it) or use another registry"
             )
 
 
@@ -181,7 +181,7 @@ class _Window:
                 # The registry was promised Content-Length bytes; sending fewer would leave it waiting forever.
                 raise OcimodelError(
                     f"{self._label}: its bytes ended {self._end - self._position} short of its size; if its files "
-                    "changed, run again with --no-cache"
+                    "changed, run again without the digest cache"
                 )
         data = self._pending if n is None or n < 0 else self._pending[:n]
         self._pending = self._pending[len(data) :]
@@ -342,7 +342,7 @@ class Pusher:
         """The registry found the bytes do not hash to the digest they were sent under: name the blob, not the
         upload session the error came from (codes kept, so a caller can still tell what happened)."""
         where = f" ({upload.path})" if upload.path else ""
-        fix = "the file is damaged (pack the layout again)" if upload.path else "its files changed (run again with --no-cache)"
+        fix = "the file is damaged (pack the layout again)" if upload.path else "its files changed (run again without the digest cache)"
         return RegistryError(
             f"blob {upload.digest}{where}: registry {self.client.registry} found that the bytes it received do not hash "
             f"to that digest (DIGEST_INVALID): {fix}, or the registry lost part of the upload (try again)",
