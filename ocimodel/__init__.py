@@ -37,15 +37,16 @@ from ocimodel.errors import (
     InvalidArgument,
     LayoutError,
     OcimodelError,
+    RegistryError,
     SourceError,
     VerificationError,
 )
 from ocimodel.layout.descriptor import Platform
 from ocimodel.parallel import Cancelled
 from ocimodel.progress import ProgressEvent
-from ocimodel.registry.client import RegistryError
 from ocimodel.results import BlobOutcome
 from ocimodel.registry.reference import Reference
+from ocimodel.retry import RetryPolicy
 
 __all__ = [
     "BASE_IMAGE_ENV",
@@ -68,6 +69,7 @@ __all__ = [
     "Reference",
     "Registry",
     "RegistryError",
+    "RetryPolicy",
     "SourceError",
     "VerificationError",
     "__version__",

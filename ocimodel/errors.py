@@ -33,3 +33,32 @@ class VerificationError(OcimodelError):
 
 class DigestMismatch(VerificationError):
     """Content did not hash to the digest that named it."""
+
+
+#: Answers that say "not now" rather than "no": worth another try.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class RegistryError(OcimodelError):
+    """A registry call that failed, with what a caller needs to decide whether starting over can help.
+
+    ``status`` is None when no answer came at all (connection refused, reset, timed out): that, like 408, 429 and
+    5xx, is ``transient``. ``codes`` are the distribution-spec error codes of the answer (BLOB_UPLOAD_UNKNOWN, ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: frozenset[str] = frozenset(),
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None or self.status in TRANSIENT_STATUSES

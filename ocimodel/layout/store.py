@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Iterable, Iterator
 
-from ocimodel.errors import DigestMismatch, InvalidArgument, OcimodelError
+from ocimodel.errors import DigestMismatch, InvalidArgument, LayoutError
 from ocimodel.layout.descriptor import (
     ANNOTATION_REF_NAME,
     DOCUMENT_MAX_BYTES,
@@ -49,7 +49,7 @@ def open_regular(path: Path, what: str) -> BinaryIO:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OcimodelError(f"{what} is not a regular file ({path}); the layout is damaged: pack it again")
+            raise LayoutError(f"{what} is not a regular file ({path}); the layout is damaged: pack it again")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -63,7 +63,7 @@ def _read_small(path: Path, limit: int, what: str, kind: str) -> bytes:
         size = os.fstat(f.fileno()).st_size
         data = f.read(limit + 1) if size <= limit else b""
     if size > limit or len(data) > limit:
-        raise OcimodelError(f"{what} is too large for {kind}: more than {limit >> 20} MiB; refusing to read it")
+        raise LayoutError(f"{what} is too large for {kind}: more than {limit >> 20} MiB; refusing to read it")
     return data
 
 
@@ -84,7 +84,7 @@ def _writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise OcimodelError(f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions, then rerun") from exc
+        raise LayoutError(f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions, then rerun") from exc
 
 
 TEMP_SUFFIX = ".tmp"
@@ -266,7 +266,7 @@ class Layout:
         Temp files left by writers that were killed are removed first (see ``remove_stale_temps``).
         """
         if root.exists() and not root.is_dir():
-            raise OcimodelError(f"layout {root} exists and is not a directory; choose a directory path")
+            raise LayoutError(f"layout {root} exists and is not a directory; choose a directory path")
         layout = cls(root)
         try:
             layout._made_dirs = _make_dirs(layout.blob_dir)
@@ -275,7 +275,7 @@ class Layout:
                     atomic_write(root / name, data)
                     layout._made_files.append((root / name, data))
         except OSError as exc:
-            raise OcimodelError(f"cannot write layout {root}: {exc.strerror or exc}") from exc
+            raise LayoutError(f"cannot write layout {root}: {exc.strerror or exc}") from exc
         remove_stale_temps(layout.blob_dir, (BLOB_TEMP_PREFIX,))
         remove_stale_temps(root, (".oci-layout.", ".index.json."))
         return layout
@@ -303,7 +303,7 @@ class Layout:
     def open(cls, root: Path) -> Layout:
         """Open an existing layout for reading; a directory without ``oci-layout`` is refused."""
         if not (root / "oci-layout").is_file() or not (root / "index.json").is_file():
-            raise OcimodelError(f"{root} is not an OCI image layout (no oci-layout or index.json)")
+            raise LayoutError(f"{root} is not an OCI image layout (no oci-layout or index.json)")
         return cls(root)
 
     @property
@@ -312,7 +312,7 @@ class Layout:
 
     def blob_path(self, digest: str) -> Path:
         if not is_digest(digest):
-            raise OcimodelError(f"unsupported digest {digest!r}")
+            raise LayoutError(f"unsupported digest {digest!r}")
         return self.blob_dir / digest.split(":", 1)[1]
 
     def has_blob(self, digest: str) -> bool:
@@ -342,9 +342,9 @@ class Layout:
         try:
             return open_regular(self.blob_path(digest), f"blob {digest} in {self.root}")
         except FileNotFoundError:
-            raise OcimodelError(f"layout {self.root} lacks blob {digest}") from None
+            raise LayoutError(f"layout {self.root} lacks blob {digest}") from None
         except OSError as exc:
-            raise OcimodelError(f"cannot read blob {digest} in {self.root}: {exc.strerror or exc}") from None
+            raise LayoutError(f"cannot read blob {digest} in {self.root}: {exc.strerror or exc}") from None
 
     def read_blob(self, digest: str) -> bytes:
         """Read a small blob (manifest, config, index) whole and check it against its name.
@@ -355,9 +355,9 @@ class Layout:
         try:
             data = _read_small(self.blob_path(digest), DOCUMENT_MAX_BYTES, what, "a manifest, index or config")
         except FileNotFoundError:
-            raise OcimodelError(f"layout {self.root} lacks blob {digest}") from None
+            raise LayoutError(f"layout {self.root} lacks blob {digest}") from None
         except OSError as exc:
-            raise OcimodelError(f"cannot read {what}: {exc.strerror or exc}") from None
+            raise LayoutError(f"cannot read {what}: {exc.strerror or exc}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise DigestMismatch(f"blob {digest} in {self.root} is corrupt (its content hashes differently)")
         return data
@@ -371,7 +371,7 @@ class Layout:
         try:
             data = _read_small(self.index_path, DOCUMENT_MAX_BYTES, what, "an image index")
         except OSError as exc:
-            raise OcimodelError(f"cannot read {self.index_path}: {exc.strerror or exc}") from None
+            raise LayoutError(f"cannot read {self.index_path}: {exc.strerror or exc}") from None
         return descriptor_list(parse_document(data, what), "manifests", what)
 
     def tags(self) -> dict[str, Descriptor]:
@@ -389,7 +389,7 @@ class Layout:
         if tag is not None:
             if tag not in tags:
                 known = ", ".join(sorted(tags)) or "none"
-                raise OcimodelError(f"layout {self.root} has no tag {tag!r} (tags: {known})")
+                raise LayoutError(f"layout {self.root} has no tag {tag!r} (tags: {known})")
             return tag, tags[tag]
         if len(tags) == 1:
             return next(iter(tags.items()))
@@ -399,7 +399,7 @@ class Layout:
             entries = self.manifests()
             if len(entries) == 1:
                 return "latest", entries[0]
-            raise OcimodelError(f"layout {self.root} has no tagged image to push")
+            raise LayoutError(f"layout {self.root} has no tagged image to push")
         raise InvalidArgument(
             "tag", f"layout {self.root} has several tags ({', '.join(sorted(tags))}); pick one of them"
         )

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ocimodel.base import base_store, load_bases
-from ocimodel.errors import InvalidArgument
+from ocimodel.errors import InvalidArgument, RegistryError
 from ocimodel.layout.descriptor import OCI_LAYER, Descriptor
 from ocimodel.layout.image import Layer, assemble, base_layers
 from ocimodel.layout.modellayer import ModelLayer
@@ -36,7 +36,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import Discard, LayerDigests
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter, stoppable
-from ocimodel.registry.client import RegistryClient, RegistryError
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import Pusher, PushOptions, Upload, layout_upload
 from ocimodel.registry.push import refuse_oversized_layers

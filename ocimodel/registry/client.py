@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from ocimodel.errors import DigestMismatch, OcimodelError
+from ocimodel.errors import TRANSIENT_STATUSES, DigestMismatch, OcimodelError, RegistryError
 from ocimodel.layout.descriptor import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -44,35 +44,9 @@ MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFES
 _ERROR_BODY_MAX_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
-_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 Body = bytes | Callable[[], IO[bytes]]
 """A request body: bytes, or a callable opening a fresh stream, so a body can be sent again after a 401 or a retry."""
-
-
-class RegistryError(OcimodelError):
-    """A registry call that failed, with what a caller needs to decide whether starting over can help.
-
-    ``status`` is None when no answer came at all (connection refused, reset, timed out): that, like 408, 429 and
-    5xx, is ``transient``. ``codes`` are the distribution-spec error codes of the answer (BLOB_UPLOAD_UNKNOWN, ...).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        codes: frozenset[str] = frozenset(),
-        retry_after: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.codes = codes
-        self.retry_after = retry_after
-
-    @property
-    def transient(self) -> bool:
-        return self.status is None or self.status in _TRANSIENT_STATUSES
 
 
 @dataclass(frozen=True)
@@ -499,7 +473,7 @@ class RegistryClient:
                 raise OcimodelError(
                     f"registry {self.registry}: {method} {_redact(url)} failed ({type(exc).__name__})"
                 ) from None
-            if response.status_code in _TRANSIENT_STATUSES:
+            if response.status_code in TRANSIENT_STATUSES:
                 raise _TransientAnswer(response)
             return response
 

@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import OcimodelError, RegistryError
 from ocimodel.image.walk import walk
 from ocimodel.layout.descriptor import Descriptor, descriptor_list
 from ocimodel.layout.source import LayoutSource
@@ -29,7 +29,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.layout.tarlayer import read_range
 from ocimodel.parallel import check, run_all
 from ocimodel.progress import Reporter
-from ocimodel.registry.client import RegistryClient, RegistryError
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.reference import Reference, parse_ecr
 from ocimodel.results import BlobOutcome, PushResult

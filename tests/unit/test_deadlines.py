@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ocimodel.registry.auth import Keychain
-from ocimodel.registry.client import Deadlines, RegistryClient, RegistryError
+from ocimodel.errors import RegistryError
+from ocimodel.registry.client import Deadlines, RegistryClient
 from ocimodel.retry import RetryPolicy
 
 DIGEST = "sha256:" + "a" * 64

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import pytest
 
-from ocimodel.errors import DigestMismatch, OcimodelError
+from ocimodel.errors import DigestMismatch, OcimodelError, RegistryError
 from ocimodel.layout.descriptor import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -19,7 +19,7 @@ from ocimodel.layout.descriptor import (
 )
 from ocimodel.layout.store import Layout
 from ocimodel.registry.auth import Credentials, Keychain
-from ocimodel.registry.client import RegistryClient, RegistryError
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.pull import PulledImage, pull_image
 from ocimodel.registry.reference import Reference, parse_reference
 from ocimodel.retry import RetryPolicy

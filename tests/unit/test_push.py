@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from ocimodel.errors import OcimodelError
+from ocimodel.errors import OcimodelError, RegistryError
 from ocimodel.layout.descriptor import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -34,7 +34,7 @@ from ocimodel.layout.descriptor import (
 )
 from ocimodel.layout.store import Layout
 from ocimodel.registry.auth import Credentials, EcrCredentials, Keychain
-from ocimodel.registry.client import RegistryClient, RegistryError
+from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.known import KnownBlobs
 from ocimodel.registry.push import ECR_MAX_LAYER_BYTES, PushOptions, Upload, is_ecr, push
 from ocimodel.registry.push import Pusher as BlobSender
