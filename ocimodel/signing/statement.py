@@ -128,7 +128,8 @@ def parse_statement(payload: bytes, where: str) -> Statement:
             )
         if serialization["allow_symlinks"] is not False:
             raise SignatureInvalid(f"{where} allows symlinks; ocimodel checks signatures of regular files only")
-        ignored = tuple(check_path(p, "ignore path") for p in serialization.get("ignore_paths", []))
+        # A set in meaning (model_signing writes it in a frozenset's order): kept sorted, as build_statement does.
+        ignored = tuple(sorted({check_path(p, "ignore path") for p in serialization.get("ignore_paths", [])}))
         listed: list[ModelFile] = []
         for resource in doc["predicate"]["resources"]:
             if resource["algorithm"] != "sha256" or not _SHA256_HEX.fullmatch(resource["digest"]):
