@@ -55,22 +55,18 @@ class Statement:
 
     def payload(self) -> bytes:
         """The JSON the DSSE envelope carries, rendered as protobuf's ``MessageToJson`` does (indent 2, ASCII)."""
+        serialization: dict[str, object] = {"method": "files", "hash_type": "sha256", "allow_symlinks": False}
+        if self.ignore_paths:  # model_signing leaves the key out when the list is empty
+            serialization["ignore_paths"] = list(self.ignore_paths)
         doc = {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": self.model_name, "digest": {"sha256": self.root_digest}}],
             "predicateType": PREDICATE_TYPE,
             "predicate": {
-                "serialization": {
-                    "method": "files",
-                    "hash_type": "sha256",
-                    "allow_symlinks": False,
-                    "ignore_paths": list(self.ignore_paths),
-                },
+                "serialization": serialization,
                 "resources": [{"name": f.path, "algorithm": "sha256", "digest": f.sha256} for f in self.files],
             },
         }
-        if not self.ignore_paths:
-            del doc["predicate"]["serialization"]["ignore_paths"]  # type: ignore[attr-defined]
         return json.dumps(doc, indent=2, ensure_ascii=True).encode()
 
 

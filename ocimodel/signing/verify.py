@@ -49,9 +49,11 @@ def check_files(statement: Statement, present: Iterable[ModelFile], where: str) 
                 f"found {found[path][:16]}…)"
             )
     problems.extend(f"{path} in {where} is not covered by the signature" for path in sorted(set(found) - set(signed)))
+    if len(problems) == 1:
+        raise ModelMismatch(problems[0])
     if problems:
-        more = f" (and {len(problems) - 1} more difference{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-        raise ModelMismatch(problems[0] + more)
+        others = len(problems) - 1
+        raise ModelMismatch(f"{problems[0]} (and {others} more difference{'s' if others > 1 else ''})")
 
 
 def verify_model(data: bytes, key: PublicKey, present: Iterable[ModelFile], where: str) -> Statement:

@@ -79,7 +79,9 @@ def _flip_one_byte(path: Path) -> None:
     ("curve", "pkcs8", "password"),
     [("P-256", False, None), ("P-384", True, "pässword"), ("P-521", False, "pw")],
 )
-def test_model_signing_accepts_ocimodels_signature(tmp_path: Path, curve: str, pkcs8: bool, password: str | None) -> None:
+def test_model_signing_accepts_ocimodels_signature(
+    tmp_path: Path, curve: str, pkcs8: bool, password: str | None
+) -> None:
     folder = _model(tmp_path)
     pair = ec_key(tmp_path, curve, pkcs8=pkcs8, password=password)
     signature = _sign_with_ocimodel(folder, pair, password)
