@@ -32,7 +32,10 @@ def verify_signature(data: bytes, key: PublicKey, where: str) -> Statement:
 
 
 def check_files(statement: Statement, present: Iterable[ModelFile], where: str) -> None:
-    """Raises ``ModelMismatch`` naming the first file (in signed order) that differs from the statement."""
+    """Raises ``ModelMismatch`` naming the first file (in signed order) that differs from the statement.
+
+    A path given twice counts with its last digest, as a later layer's file replaces an earlier one's.
+    """
     ignored = (*statement.ignore_paths, *GIT_PATHS)
     found: dict[str, str] = {}
     for f in present:
@@ -42,13 +45,15 @@ def check_files(statement: Statement, present: Iterable[ModelFile], where: str) 
     problems: list[str] = []
     for path, digest in signed.items():
         if path not in found:
-            problems.append(f"{path} is signed but missing from {where}")
+            problems.append(f"{_shown(path)} is signed but missing from {where}")
         elif found[path] != digest:
             problems.append(
-                f"{path} in {where} does not match its signature (signed sha256 {digest[:16]}…, "
+                f"{_shown(path)} in {where} does not match its signature (signed sha256 {digest[:16]}…, "
                 f"found {found[path][:16]}…)"
             )
-    problems.extend(f"{path} in {where} is not covered by the signature" for path in sorted(set(found) - set(signed)))
+    problems.extend(
+        f"{_shown(path)} in {where} is not covered by the signature" for path in sorted(set(found) - set(signed))
+    )
     if len(problems) == 1:
         raise ModelMismatch(problems[0])
     if problems:
@@ -61,3 +66,8 @@ def verify_model(data: bytes, key: PublicKey, present: Iterable[ModelFile], wher
     statement = verify_signature(data, key, where)
     check_files(statement, present, where)
     return statement
+
+
+def _shown(path: str) -> str:
+    """A file name as it can appear in a one-line message: quoted when it holds a newline or another control."""
+    return path if path.isprintable() else repr(path)

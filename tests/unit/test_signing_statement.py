@@ -123,6 +123,8 @@ def test_verify_names_the_changed_missing_and_extra_file(key: PrivateKey) -> Non
         check_files(statement, [f for f in FILES if f.path != "a/b"], "image X")
     with pytest.raises(ModelMismatch, match=r"^new.bin in image X is not covered by the signature$"):
         verify_model(data, public, [*FILES, ModelFile("new.bin", _digest("n"))], "image X")
+    with pytest.raises(ModelMismatch, match=r"^'evil\\nline' in image X is not covered by the signature$"):
+        check_files(statement, [*FILES, ModelFile("evil\nline", _digest("e"))], "image X")
     with pytest.raises(ModelMismatch, match=r"^a/b is signed but missing from image X \(and 2 more differences\)$"):
         check_files(statement, [*FILES[2:], ModelFile("z", _digest("z")), ModelFile("a.txt", _digest("?"))], "image X")
 
