@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ocimodel.signing.errors import SigningKeyError
 
@@ -112,7 +113,7 @@ def load_public_key(path: Path) -> PublicKey:
 _ACCEPTED = "OpenSSF model signing verifiers accept only ECDSA keys on P-256, P-384 or P-521"
 
 
-def _load_unencrypted(data: bytes, what: str) -> object:
+def _load_unencrypted(data: bytes, what: str) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(data, None)
     except (TypeError, ValueError, UnsupportedAlgorithm):
