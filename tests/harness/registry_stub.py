@@ -158,6 +158,8 @@ class Behaviour:
     ecr_like: bool = False
     # Manifest PUTs bigger than this get 413.
     manifest_max_bytes: int = MANIFEST_MAX_BYTES
+    # The OCI 1.1 referrers API (GET /v2/<name>/referrers/<digest>); off, that path 404s as docker-registry 2.8's does.
+    referrers_api: bool = False
     faults: list[Fault] = field(default_factory=list)
 
 
@@ -460,6 +462,7 @@ class RegistryStub:
             (frozenset({"PUT"}), session, self._finish_upload),
             (frozenset({"GET"}), session, self._upload_status),
             (frozenset({"DELETE"}), session, self._cancel_upload),
+            (frozenset({"GET"}), re.compile(name + r"/referrers/(?P<digest>sha256:[a-f0-9]{64})$"), self._referrers),
         ]
 
     def _storage_routes(self) -> list[Route]:
@@ -480,6 +483,26 @@ class RegistryStub:
             return Reply.error(404, "MANIFEST_UNKNOWN", f"manifest unknown to registry: {ref}")
         data, media_type = found
         return Reply(200, self._served(data), {"Content-Type": media_type, "Docker-Content-Digest": digest_of(data)})
+
+    def _referrers(self, call: Call) -> Reply:
+        """The manifests whose ``subject`` is the digest, as an index: empty, not 404, when there are none."""
+        name, digest = call.match["name"], call.match["digest"]
+        if not self.behaviour.referrers_api:
+            return Reply.error(404, "NOT_FOUND", f"no route for GET {call.path}")
+        denied = self._authorize(call, name)
+        if denied:
+            return denied
+        with self.lock:
+            stored = dict(self.repositories.get(name, Repository()).manifests)
+        entries = []
+        for ref, (data, media_type) in stored.items():
+            doc = json.loads(data)
+            if ref.startswith("sha256:") and (doc.get("subject") or {}).get("digest") == digest:
+                entry = {"mediaType": media_type, "digest": ref, "size": len(data),
+                         "artifactType": doc.get("artifactType") or doc["config"]["mediaType"]}
+                entries.append(entry | ({"annotations": doc["annotations"]} if doc.get("annotations") else {}))
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}
+        return Reply.json(200, index, {"Content-Type": "application/vnd.oci.image.index.v1+json"})
 
     def _get_blob(self, call: Call) -> Reply:
         name, digest = call.match["name"], call.match["digest"]

@@ -1,0 +1,15 @@
+"""The ways signing and verifying fail that a user can act on, each explained in one line without a secret."""
+
+from ocimodel.errors import OcimodelError
+
+
+class SigningKeyError(OcimodelError):
+    """A key file that cannot be used: missing, unreadable, wrongly encrypted, or of a type verifiers refuse."""
+
+
+class SignatureInvalid(OcimodelError):
+    """A signature file that is malformed, of a kind ocimodel does not check, or not made by the given key."""
+
+
+class ModelMismatch(OcimodelError):
+    """Files that differ from what a valid signature lists: changed, missing or added after signing."""
