@@ -14,7 +14,7 @@ from ocimodel.progress import PlainReporter
 from ocimodel.registry.client import RegistryClient
 from ocimodel.registry.push import Pusher, PushOptions
 from ocimodel.registry.referrers import OMS_ARTIFACT_TYPE, attach, referrers, referrers_tag
-from tests.registry_stub import RegistryStub
+from tests.harness.registry_stub import RegistryStub
 
 REPO = "models/tiny"
 
