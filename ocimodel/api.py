@@ -32,6 +32,7 @@ from ocimodel.results import BuildResult, PackResult, PushResult
 
 if TYPE_CHECKING:
     from ocimodel.registry.client import RegistryClient
+    from ocimodel.signing.keys import Signer
     from ocimodel.retry import RetryPolicy
     from ocimodel.source import Source
     from ocimodel.verification import Report
@@ -213,6 +214,20 @@ def _target(ref: str | Reference) -> Reference:
     return target
 
 
+def _signer(sign_key: PathLike | Signer | None, password: str | bytes | None) -> Signer | None:
+    """The key to sign with, loaded before any work so that a wrong password costs nothing."""
+    if sign_key is None:
+        if password is not None:
+            raise InvalidArgument("sign_key_password", "is the password of a signing key: give sign_key too")
+        return None
+    if hasattr(sign_key, "sign"):
+        return sign_key  # type: ignore[return-value]
+    from ocimodel.signing.keys import load_private_key
+
+    secret = password.encode() if isinstance(password, str) else password
+    return load_private_key(Path(sign_key).expanduser(), secret)  # type: ignore[arg-type]
+
+
 def _base(base: str | None) -> str:
     return base or os.environ.get(BASE_IMAGE_ENV) or DEFAULT_BASE
 
@@ -230,6 +245,7 @@ def _pack_options(
     use_cache: bool,
     labels: Mapping[str, str] | None,
     annotations: Mapping[str, str] | None,
+    signer: Signer | None = None,
 ):  # type: ignore[no-untyped-def]
     from ocimodel.layout.pack import PackOptions
     from ocimodel.source import Filters
@@ -244,6 +260,7 @@ def _pack_options(
         use_cache=use_cache,
         labels=dict(labels or {}),
         annotations=dict(annotations or {}),
+        signer=signer,
         **({"jobs": _jobs(jobs)} if jobs else {}),
     )
 
@@ -287,6 +304,8 @@ def pack(
     use_cache: bool = True,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
+    sign_key: PathLike | Signer | None = None,
+    sign_key_password: str | bytes | None = None,
     check: bool = True,
     plain_http: bool = False,
     progress: Progress = None,
@@ -301,6 +320,11 @@ def pack(
     Hub files are not even downloaded. ``use_cache=False`` hashes every layer again even if its files did not
     change. ``jobs`` layers are built at once (default: CPUs, at most 4). ``check`` reads the image back
     (manifests, configs, small layers) for the result's ``warnings``.
+
+    ``sign_key`` signs the model's files (OpenSSF Model Signing, as ``model_signing sign key`` would): a PEM EC
+    private key file (P-256, P-384 or P-521, encrypted with ``sign_key_password`` or not) or a signer such as
+    ``ocimodel.signing.kms.KmsSigner``. The signature is the image's top layer, ``/models/model.sig``, and is kept in
+    the layout as a referrer of the image that ``push`` attaches; see docs/signing.md.
     """
     from ocimodel.layout.pack import pack as write_image
     from ocimodel.verification import layout_warnings
@@ -308,14 +332,21 @@ def pack(
     options = _pack_options(
         base=base, platforms=platforms, tag=tag, compression=compression, include=include, exclude=exclude,
         jobs=jobs, plain_http=plain_http, use_cache=use_cache, labels=labels, annotations=annotations,
+        signer=_signer(sign_key, sign_key_password),
     )
     layout_dir = Path(layout)
     with _Session(None, plain_http, progress, stop) as session:
         model = _open_source(source, revision, cache_dir, session.reporter)
         session.check()
         top = write_image(model, layout_dir, options, session.reporter)
+    signature = None
+    if options.signer is not None:
+        from ocimodel.layout.store import Layout
+        from ocimodel.registry.referrers import stored
+
+        signature = stored(Layout.open(layout_dir), top)[-1][0].digest
     warnings = tuple(layout_warnings(layout_dir, options.tag)) if check else ()
-    return PackResult(top.digest, top.size, top.media_type, layout_dir, options.tag, warnings)
+    return PackResult(top.digest, top.size, top.media_type, layout_dir, options.tag, warnings, signature)
 
 
 def push(
@@ -384,6 +415,8 @@ def build(
     layout: PathLike | None = None,
     disk_budget: int | None = None,
     two_pass: bool = False,
+    sign_key: PathLike | Signer | None = None,
+    sign_key_password: str | bytes | None = None,
     check: bool = True,
     registry: Registry | None = None,
     plain_http: bool = False,
@@ -396,7 +429,8 @@ def build(
     Options are ``pack``'s and ``push``'s. ``layout`` also keeps the image as an OCI layout there (by packing into
     it and pushing from it: the disk of a copy). ``disk_budget`` (bytes, Hub sources) bounds the model bytes on
     disk at once: files are downloaded per layer and deleted once sent. ``two_pass`` hashes each layer before
-    uploading it (for benchmarks). ``check`` reads the image back (manifests, configs, small layers) for the
+    uploading it (for benchmarks). ``sign_key`` signs as in ``pack``; the signature is also attached to the pushed
+    image as an OCI 1.1 referrer (the referrers API, else its tag schema). ``check`` reads the image back (manifests, configs, small layers) for the
     result's ``warnings``. Hub sources are downloaded with huggingface_hub; for its fastest downloads set
     ``HF_XET_HIGH_PERFORMANCE=1`` (and, under a disk budget, ``HF_XET_CHUNK_CACHE_SIZE_BYTES=0``) in the
     environment before importing it, as the CLI does.
@@ -410,13 +444,14 @@ def build(
     target = _target(ref)
     if layout is not None and (disk_budget is not None or two_pass):
         raise InvalidArgument("layout", "a kept layout is packed then pushed: it takes neither disk_budget nor two_pass")
+    signer = _signer(sign_key, sign_key_password)
     with _Session(registry, plain_http, progress, stop) as session:
         jobs = _jobs(jobs) if jobs else session.registry.jobs
         options = BuildOptions(
             pack=_pack_options(
                 base=base, platforms=platforms, tag=target.tag or "latest", compression=compression,
                 include=include, exclude=exclude, jobs=jobs, plain_http=plain_http or session.registry.plain_http,
-                use_cache=use_cache, labels=labels, annotations=annotations,
+                use_cache=use_cache, labels=labels, annotations=annotations, signer=signer,
             ),
             push=PushOptions(
                 jobs=jobs, chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size,

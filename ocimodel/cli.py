@@ -115,6 +115,34 @@ ChunkSizeOpt = Annotated[
 MountFromOpt = Annotated[list[str], typer.Option(help="Repository of the same registry to mount blobs from (repeatable).")]
 UsernameOpt = Annotated[Optional[str], typer.Option(help="Registry user name (with --password-stdin).")]
 PasswordStdinOpt = Annotated[bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")]
+#: Where the CLI finds an encrypted signing key's password when it is not given on stdin.
+SIGN_KEY_PASSWORD_ENV = "OCIMODEL_SIGN_KEY_PASSWORD"
+SignKeyOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="Sign the model (OpenSSF Model Signing) with this PEM EC private key: /models/model.sig."),
+]
+SignKeyPasswordStdinOpt = Annotated[
+    bool,
+    typer.Option("--sign-key-password-stdin", help="Read the signing key's password from stdin. \\[default: "
+                 f"${SIGN_KEY_PASSWORD_ENV}, else none]"),
+]
+
+
+def _sign_key_password(sign_key: Path | None, from_stdin: bool, registry_stdin: bool = False) -> str | None:
+    """The signing key's password: a line of stdin, or the environment; never an argument (``ps`` shows those)."""
+    if from_stdin and sign_key is None:
+        raise typer.BadParameter("reads the password of --sign-key: give --sign-key too",
+                                 param_hint="--sign-key-password-stdin")
+    if from_stdin and registry_stdin:
+        raise typer.BadParameter(
+            f"--password-stdin reads stdin already: pass the signing key's password in ${SIGN_KEY_PASSWORD_ENV}",
+            param_hint="--sign-key-password-stdin",
+        )
+    if sign_key is None:
+        return None
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return os.environ.get(SIGN_KEY_PASSWORD_ENV)
 
 
 def _size(text: str) -> int:
@@ -203,11 +231,14 @@ def pack(
     no_cache: NoCacheOpt = False,
     label: LabelOpt = [],
     annotation: AnnotationOpt = [],
+    sign_key: SignKeyOpt = None,
+    sign_key_password_stdin: SignKeyPasswordStdinOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
 ) -> None:
     """Pack a model (a directory or a HuggingFace repo) into an OCI image layout. Prints the manifest digest."""
     from ocimodel.progress import make_reporter
 
+    password = _sign_key_password(sign_key, sign_key_password_stdin)
     _hub_downloads()
     reporter = make_reporter()
     try:
@@ -216,7 +247,7 @@ def pack(
                 source, layout, base=base, tag=tag, platforms=platform, include=include, exclude=exclude,
                 compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
                 use_cache=not no_cache, labels=_pairs(label, "--label"), annotations=_pairs(annotation, "--annotation"),
-                plain_http=plain_http, progress=reporter,
+                sign_key=sign_key, sign_key_password=password, plain_http=plain_http, progress=reporter,
             )
     finally:
         reporter.close()
@@ -285,6 +316,8 @@ def build(
     two_pass: Annotated[
         bool, typer.Option(hidden=True, help="Hash each layer before uploading it (for benchmarks).")
     ] = False,
+    sign_key: SignKeyOpt = None,
+    sign_key_password_stdin: SignKeyPasswordStdinOpt = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary (digest, oci:// URI, bytes sent/skipped, seconds).")
     ] = False,
@@ -293,6 +326,7 @@ def build(
     from ocimodel.progress import make_reporter
     from ocimodel.registry.push import describe
 
+    password = _sign_key_password(sign_key, sign_key_password_stdin, registry_stdin=password_stdin)
     _hub_downloads(disk_budget=disk_budget is not None)
     reporter = make_reporter()
     try:
@@ -302,8 +336,8 @@ def build(
                 compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
                 chunk_size=_size(chunk_size), mount_from=mount_from, use_cache=not no_cache,
                 labels=_pairs(label, "--label"), annotations=_pairs(annotation, "--annotation"), layout=layout,
-                disk_budget=_size(disk_budget) if disk_budget else None, two_pass=two_pass, registry=registry,
-                progress=reporter,
+                disk_budget=_size(disk_budget) if disk_budget else None, two_pass=two_pass, sign_key=sign_key,
+                sign_key_password=password, registry=registry, progress=reporter,
             )
     finally:
         reporter.close()

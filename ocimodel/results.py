@@ -19,9 +19,12 @@ class PackResult:
     tag: str
     #: Things that will not stop the image from working but will cost its users (too many layers, slow pulls...).
     warnings: tuple[str, ...] = ()
+    #: The digest of the signature's referrer manifest kept in the layout (``push`` attaches it), if signed.
+    signature: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"digest": self.digest, "size": self.size, "layout": str(self.layout), "tag": self.tag}
+        signature = {"signature": self.signature} if self.signature else {}
+        return {"digest": self.digest, "size": self.size, "layout": str(self.layout), "tag": self.tag, **signature}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class PushResult:
     blobs: tuple[BlobOutcome, ...]
     #: Things that will not stop the image from working but will cost its users (too many layers, slow pulls...).
     warnings: tuple[str, ...] = ()
+    #: The digest of the signature (``model.sig``) attached to the image as a referrer, if it is signed.
+    signature: str | None = None
 
     @property
     def uri(self) -> str:
@@ -58,6 +63,7 @@ class PushResult:
                 for b in self.blobs
             ],
             "uploadedBytes": sum(b.size for b in self.blobs if b.outcome == "uploaded"),
+            **({"signature": self.signature} if self.signature else {}),
         }
 
 
@@ -84,6 +90,10 @@ class BuildResult:
     def uri(self) -> str:
         """``oci://host/repo@sha256:…``: KServe's ``storageUri``."""
         return self.push.uri
+
+    @property
+    def signature(self) -> str | None:
+        return self.push.signature
 
     def to_json(self) -> dict[str, object]:
         skipped = sum(b.size for b in self.push.blobs if b.outcome in ("skipped", "mounted"))

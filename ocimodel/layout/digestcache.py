@@ -26,6 +26,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS layer_digests (key TEXT PRIMARY KEY, media_type TEXT, digest TEXT, size INTEGER, "
     "diff_id TEXT, seen REAL)"
 )
+_FILE_SCHEMA = "CREATE TABLE IF NOT EXISTS file_sha256 (key TEXT PRIMARY KEY, sha256 TEXT, seen REAL)"
 
 
 def layer_key(plan: LayerPlan, compression: str) -> str:
@@ -41,6 +42,13 @@ def layer_key(plan: LayerPlan, compression: str) -> str:
         files.append([f.path, *identity])
     blob = json.dumps([FORMAT, compression, codec_id(compression), files], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def file_key(f: SourceFile) -> str:
+    """A key for one file's content: the same file as listed (inode, size, mtime, ctime), wherever it is packed."""
+    known = f.identity or _identity_now(f)
+    blob = json.dumps([FORMAT, "file", known.device, known.inode, known.size, known.mtime_ns, known.ctime_ns])
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _identity_now(f: SourceFile) -> FileIdentity:
@@ -80,3 +88,19 @@ class DigestCache:
                 )
         except (sqlite3.Error, OSError):
             pass  # a digest we could not remember only costs a hash next time
+
+    def get_file(self, key: str) -> str | None:
+        """A file's sha256 remembered from a signed build, so signing an unchanged layer again reads nothing."""
+        try:
+            with localdb.connect(self.path, _FILE_SCHEMA) as db:
+                row = db.execute("SELECT sha256 FROM file_sha256 WHERE key = ?", (key,)).fetchone()
+        except (sqlite3.Error, OSError):
+            return None
+        return str(row[0]) if row else None
+
+    def put_file(self, key: str, sha256: str) -> None:
+        try:
+            with localdb.connect(self.path, _FILE_SCHEMA) as db:
+                db.execute("INSERT OR REPLACE INTO file_sha256 VALUES (?, ?, ?)", (key, sha256, time.time()))
+        except (sqlite3.Error, OSError):
+            pass  # forgetting it costs one read of the file next time

@@ -7,16 +7,17 @@ a resumed upload), so "use the cached digests, else encode" and "what a layer's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from ocimodel.layout.descriptor import ANNOTATION_FILE_METADATA, ANNOTATION_FILEPATH, ANNOTATION_TITLE, Descriptor
-from ocimodel.layout.digestcache import DigestCache, layer_key
+from ocimodel.layout.digestcache import DigestCache, file_key, layer_key
+from ocimodel.layout.filehashes import FileHashes
 from ocimodel.layout.image import EPOCH, Layer, history_line
 from ocimodel.layout.plan import LayerPlan
-from ocimodel.layout.tarlayer import EncodedLayer, LayerDigests, Sink, encode_layer, tar_chunks, tar_size
-from ocimodel.source import SourceFile
+from ocimodel.layout.tarlayer import EncodedLayer, LayerDigests, Sink, encode_layer, read_range, tar_chunks, tar_size
 
 
 @dataclass(frozen=True)
@@ -54,38 +55,64 @@ class ModelLayer:
         if self.cache is not None:
             self.cache.forget(self._key())
 
-    def encode(self, sink: Sink, progress: Callable[[int], None] | None = None) -> LayerDigests:
-        """The whole blob into ``sink`` in one pass over the files, hashed both ways; the cache remembers it."""
-        digests = encode_layer(tar_chunks(self.plan.members()), self.compression, sink, progress)
+    def encode(
+        self, sink: Sink, progress: Callable[[int], None] | None = None, hashes: FileHashes | None = None
+    ) -> LayerDigests:
+        """The whole blob into ``sink`` in one pass over the files, hashed both ways (and each file into ``hashes``,
+        when signing); the cache remembers the digests."""
+        digests = encode_layer(tar_chunks(self.plan.members(), observe=hashes), self.compression, sink, progress)
         self.remember(digests)
         return digests
 
-    def reader(self) -> EncodedLayer:
+    def reader(self, hashes: FileHashes | None = None) -> EncodedLayer:
         """Any byte range of the blob, produced from the files: one reader per upload keeps one compression stream."""
-        return EncodedLayer(self.plan.members(), self.compression)
+        return EncodedLayer(self.plan.members(), self.compression, hashes)
+
+    def file_sha256(self, hashes: FileHashes | None = None) -> dict[str, str]:
+        """Each file's sha256, by path in the model: the Hub's (LFS), the one taken as the layer went by, the one a
+        signed build before remembered, else read now (a layer found unchanged that was never hashed per file)."""
+        found: dict[str, str] = {}
+        for f in self.plan.files:
+            sha = f.lfs_sha256 or (hashes.get(f.path, f.size) if hashes is not None else None)
+            key = file_key(f) if self.cache is not None and not f.lfs_sha256 else None
+            remembered = self.cache.get_file(key) if sha is None and key is not None else None  # type: ignore[union-attr]
+            if sha is None and remembered is None:
+                digest = hashlib.sha256()
+                for piece in read_range(f.local, 0, f.size, f.size, identity=f.identity):
+                    digest.update(piece)
+                sha = digest.hexdigest()
+            if key is not None and sha is not None:
+                self.cache.put_file(key, sha)  # type: ignore[union-attr]
+            found[f.path] = sha or remembered  # type: ignore[assignment]
+        return found
 
     def layer(self, digests: LayerDigests) -> Layer:
         """The layer's descriptor (annotated with what it holds) and history line."""
-        files = self.plan.files
-        annotations = {ANNOTATION_TITLE: self.plan.title}
-        metadata = [file_metadata(f) for f in files]
-        if len(files) == 1:
-            annotations[ANNOTATION_FILEPATH] = files[0].path
-        annotations[ANNOTATION_FILE_METADATA] = json.dumps(
-            metadata[0] if len(metadata) == 1 else metadata, separators=(",", ":")
-        )
-        descriptor = Descriptor(digests.media_type, digests.digest, digests.size, annotations)
-        return Layer(descriptor, digests.diff_id, history_line([f.path for f in files]))
+        return describe_layer(digests, self.plan.title, [(f.path, f.size, f.lfs_sha256) for f in self.plan.files])
 
     def _key(self) -> str:
         return layer_key(self.plan, self.compression)
 
 
-def file_metadata(f: SourceFile) -> dict[str, object]:
+def describe_layer(digests: LayerDigests, title: str, files: Sequence[tuple[str, int, str | None]]) -> Layer:
+    """A layer of files under /models: its descriptor, annotated with what it holds (ModelPack's file metadata,
+    a file path when it holds one file), and its history line."""
+    annotations = {ANNOTATION_TITLE: title}
+    metadata = [file_metadata(path, size, sha256) for path, size, sha256 in files]
+    if len(files) == 1:
+        annotations[ANNOTATION_FILEPATH] = files[0][0]
+    annotations[ANNOTATION_FILE_METADATA] = json.dumps(
+        metadata[0] if len(metadata) == 1 else metadata, separators=(",", ":")
+    )
+    descriptor = Descriptor(digests.media_type, digests.digest, digests.size, annotations)
+    return Layer(descriptor, digests.diff_id, history_line([path for path, _, _ in files]))
+
+
+def file_metadata(path: str, size: int, sha256: str | None = None) -> dict[str, object]:
     """ModelPack's per-file metadata, with the constant owner, mode and mtime of our tar headers (so reproducible)
-    and the sha256 the Hub gave for the file, when there was one."""
-    meta: dict[str, object] = {"name": f.path, "mode": 0o644, "uid": 0, "gid": 0, "size": f.size,
+    and the file's sha256 when it was known before packing (the Hub's)."""
+    meta: dict[str, object] = {"name": path, "mode": 0o644, "uid": 0, "gid": 0, "size": size,
                                "mtime": EPOCH, "typeflag": 0}
-    if f.lfs_sha256:
-        meta["sha256"] = f.lfs_sha256
+    if sha256:
+        meta["sha256"] = sha256
     return meta

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Iterable, Iterator
+from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence
 
 from ocimodel.errors import DigestMismatch, InvalidArgument, LayoutError
 from ocimodel.layout.descriptor import (
@@ -404,18 +404,24 @@ class Layout:
             "tag", f"layout {self.root} has several tags ({', '.join(sorted(tags))}); pick one of them"
         )
 
-    def set_tag(self, tag: str, desc: Descriptor) -> None:
-        """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place.
+    def set_tag(self, tag: str, desc: Descriptor, untagged: Sequence[Descriptor] = ()) -> None:
+        """Point ``tag`` at ``desc``: exactly one entry per tag, other entries kept in place; ``untagged`` entries
+        (artifacts referring to ``desc``, such as its signature) are listed too, once each, in the same write.
 
         The blob directory is synced first, so after a power loss the index never names a blob whose directory
         entry was lost; a lock keeps two packs into one layout from dropping each other's tags.
         """
         entry = replace(desc, annotations={**desc.annotations, ANNOTATION_REF_NAME: tag})
+        added = {d.digest for d in untagged}
         with _writing(self.index_path), open(self.root / "oci-layout", "rb") as marker:
             _fsync_dir(self.blob_dir)
             fcntl.flock(marker.fileno(), fcntl.LOCK_EX)
-            entries = [d for d in self.manifests() if d.annotations.get(ANNOTATION_REF_NAME) != tag]
-            atomic_write(self.index_path, _index_bytes([*entries, entry]))
+            entries = [
+                d for d in self.manifests()
+                if d.annotations.get(ANNOTATION_REF_NAME) != tag
+                and not (d.digest in added and ANNOTATION_REF_NAME not in d.annotations)
+            ]
+            atomic_write(self.index_path, _index_bytes([*entries, *untagged, entry]))
 
 
 def _index_bytes(entries: list[Descriptor]) -> bytes:

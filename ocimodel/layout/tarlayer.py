@@ -16,7 +16,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from ocimodel.errors import SourceError
 from ocimodel.layout.descriptor import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
@@ -64,30 +64,37 @@ def _padding(size: int) -> int:
 
 @dataclass(frozen=True)
 class _Segment:
-    """A run of the tar stream: literal bytes (headers, padding, the end) or a file's content."""
+    """A run of the tar stream: literal bytes (headers, padding, the end) or a file's content (of member ``name``)."""
 
     start: int
     length: int
     data: bytes = b""
     source: Path | None = None
     identity: FileIdentity | None = None
+    name: str = ""
+
+
+#: Told of every piece of file content the tar stream passes: member name, file size, offset in the file, bytes.
+ContentObserver = Callable[[str, int, int, bytes], None]
 
 
 def _segments(members: Iterable[Member]) -> list[_Segment]:
     segments: list[_Segment] = []
     offset = 0
 
-    def add(length: int, data: bytes = b"", source: Path | None = None, identity: FileIdentity | None = None) -> None:
+    def add(
+        length: int, data: bytes = b"", source: Path | None = None, identity: FileIdentity | None = None, name: str = ""
+    ) -> None:
         nonlocal offset
         if length:
-            segments.append(_Segment(offset, length, data, source, identity))
+            segments.append(_Segment(offset, length, data, source, identity, name))
             offset += length
 
     for member in members:
         head = header(member)
         add(len(head), head)
         if not member.is_dir:
-            add(member.size, source=member.source, identity=member.identity)
+            add(member.size, source=member.source, identity=member.identity, name=member.name)
             pad = _padding(member.size)
             add(pad, b"\0" * pad)
     add(len(END_OF_ARCHIVE), END_OF_ARCHIVE)
@@ -99,16 +106,34 @@ def tar_size(members: Iterable[Member]) -> int:
     return sum(len(header(m)) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
 
 
-def tar_chunks(members: Iterable[Member], chunk_size: int = CHUNK) -> Iterator[bytes]:
+def small_tar(folder: str, files: Mapping[str, bytes]) -> bytes:
+    """A tar of a few small files made in memory (a model's signature), with every other layer's headers."""
+    parts = [header(Member(folder))]
+    for name, data in files.items():
+        # ``source`` only marks a regular file here: header() never reads it.
+        parts += [header(Member(f"{folder}/{name}", Path(name), len(data))), data, b"\0" * _padding(len(data))]
+    return b"".join([*parts, END_OF_ARCHIVE])
+
+
+def tar_chunks(
+    members: Iterable[Member], chunk_size: int = CHUNK, observe: ContentObserver | None = None
+) -> Iterator[bytes]:
     """Yield the tar stream; each file is read once, in ``chunk_size`` pieces, and must not change meanwhile."""
-    return tar_range(members, 0, None, chunk_size)
+    return tar_range(members, 0, None, chunk_size, observe)
 
 
-def tar_range(members: Iterable[Member], start: int, length: int | None, chunk_size: int = CHUNK) -> Iterator[bytes]:
+def tar_range(
+    members: Iterable[Member],
+    start: int,
+    length: int | None,
+    chunk_size: int = CHUNK,
+    observe: ContentObserver | None = None,
+) -> Iterator[bytes]:
     """Yield bytes ``start`` to ``start + length`` of the tar stream, reading only the files that range covers.
 
     The stream is a pure function of the members and the files' bytes, so any part of it can be produced again:
-    an upload that failed halfway resumes from the registry's offset by seeking into the right file.
+    an upload that failed halfway resumes from the registry's offset by seeking into the right file. ``observe``
+    sees each piece of file content as it goes by (to hash each file on the way, for a signature).
     """
     segments = _segments(members)
     end = segments[-1].start + segments[-1].length if length is None else start + length
@@ -118,8 +143,14 @@ def tar_range(members: Iterable[Member], start: int, length: int | None, chunk_s
             continue
         if seg.source is None:
             yield seg.data[lo - seg.start : hi - seg.start]
-        else:
+        elif observe is None:
             yield from read_range(seg.source, lo - seg.start, hi - lo, seg.length, chunk_size, seg.identity)
+        else:
+            at = lo - seg.start
+            for piece in read_range(seg.source, at, hi - lo, seg.length, chunk_size, seg.identity):
+                observe(seg.name, seg.length, at, piece)
+                at += len(piece)
+                yield piece
 
 
 def _open_flags(identity: FileIdentity | None) -> int:
@@ -342,8 +373,9 @@ class EncodedLayer:
     from the nearest span start before it; one that starts further on skips ahead. An uncompressed layer just seeks.
     """
 
-    def __init__(self, members: Sequence[Member], compression: str) -> None:
+    def __init__(self, members: Sequence[Member], compression: str, observe: ContentObserver | None = None) -> None:
         self._members = members
+        self._observe = observe
         self._codec = _CODECS.get(compression)
         self._checkpoints = [_START]
         self._stream: Iterator[bytes] | None = None
@@ -353,7 +385,7 @@ class EncodedLayer:
 
     def read(self, start: int, length: int) -> Iterator[bytes]:
         if self._codec is None:
-            return tar_range(self._members, start, length)
+            return tar_range(self._members, start, length, observe=self._observe)
         return self._compressed_range(start, length)
 
     def _seen(self, checkpoint: _Checkpoint) -> None:
@@ -365,7 +397,9 @@ class EncodedLayer:
         at = max((c for c in self._checkpoints if c.blob <= start), key=lambda c: c.blob)
         if self._stream is not None:
             self._stream.close()  # type: ignore[attr-defined]
-        self._stream = _compressed(tar_range(self._members, at.tar, None), self._codec, at, self._seen)
+        self._stream = _compressed(
+            tar_range(self._members, at.tar, None, observe=self._observe), self._codec, at, self._seen
+        )
         self._offset, self._pending = at.blob, b""
 
     def _compressed_range(self, start: int, length: int) -> Iterator[bytes]:

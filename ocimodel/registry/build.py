@@ -28,6 +28,7 @@ from typing import Iterator
 from ocimodel.base import base_store, load_bases
 from ocimodel.errors import InvalidArgument, RegistryError
 from ocimodel.layout.descriptor import OCI_LAYER, Descriptor
+from ocimodel.layout.filehashes import FileHashes
 from ocimodel.layout.image import Layer, assemble, base_layers
 from ocimodel.layout.modellayer import ModelLayer
 from ocimodel.layout.pack import PackOptions, image_annotations, model_layers
@@ -116,16 +117,25 @@ def build(
                        pack_options.base_mirrors)
     pusher = Pusher(client, ref.repository, options.push, reporter, known)
     pusher.check_access()
-    context = _Context(pusher, options.two_pass, reporter, staged, budget)
+    context = _Context(pusher, options.two_pass, reporter, staged, budget, pack_options.signer is not None)
     layer_jobs = [partial(_model_layer, layer, context) for layer in layers]
     base_descs = {d.digest: d for pb in bases for d in base_layers(pb.base)}  # platforms may share base layers
     base_jobs = [partial(_base_layer, store, desc, pusher) for desc in base_descs.values()]
     results = run_all(lambda job, stop: job(stop), [*layer_jobs, *base_jobs], options.push.jobs, "build")
-    built = [layer for layer, _ in results[: len(layers)] if layer is not None]
-    outcomes = [outcome for _, outcome in results]
+    built = [layer for layer, _, _ in results[: len(layers)] if layer is not None]
+    outcomes = [outcome for _, outcome, _ in results]
     phases["layers"] = time.monotonic() - started
 
     started = time.monotonic()
+    signature = None
+    if pack_options.signer is not None:
+        from ocimodel.signing.image import sign_model
+
+        file_sha256 = {path: sha for _, _, shas in results for path, sha in shas.items()}
+        signature = sign_model(source.provenance.title, file_sha256, pack_options.signer, pack_options.compression)
+        sig = signature.layer.descriptor
+        outcomes += pusher.push_all([Upload.of_bytes(signature.blob, sig.digest, SIGNATURE_LABEL)])
+        built.append(signature.layer)
     image = assemble(bases, built, image_annotations(source.provenance, pack_options.annotations), pack_options.labels)
     outcomes += pusher.push_all(Upload.of_bytes(c.data, c.descriptor.digest, "config") for c in image.configs)
     if len(image.manifests) > 1:
@@ -133,10 +143,16 @@ def build(
             pusher.put_manifest(manifest.descriptor, manifest.data, manifest.descriptor.digest)
     top = image.top.descriptor
     pusher.put_manifest(top, image.top.data, ref.tag or pack_options.tag)
+    attached = None
+    if signature is not None:
+        from ocimodel.registry import referrers
+
+        attached = referrers.attach(pusher, top, signature.bundle).manifest.digest
     if known is not None:
         known.record(client.registry, ref.repository, [o.digest for o in outcomes])
     phases["manifest"] = time.monotonic() - started
-    result = PushResult(f"{ref.registry}/{ref.repository}@{top.digest}", top.digest, top.media_type, tuple(outcomes))
+    result = PushResult(f"{ref.registry}/{ref.repository}@{top.digest}", top.digest, top.media_type, tuple(outcomes),
+                        signature=attached)
     return BuildResult(result, phases)
 
 
@@ -147,10 +163,19 @@ class _Context:
     reporter: Reporter
     staged: StagedSource | None
     budget: ByteBudget | None
+    #: Take each file's sha256 as its layer goes by, for the signature.
+    signing: bool = False
 
 
-def _model_layer(layer: ModelLayer, ctx: _Context, stop: threading.Event) -> tuple[Layer, BlobOutcome]:
-    """One layer from files to registry; its digest from the cache, a hashing pass, or the upload itself.
+#: How the signature's layer is named in progress and outcomes.
+SIGNATURE_LABEL = "model.sig"
+
+
+def _model_layer(
+    layer: ModelLayer, ctx: _Context, stop: threading.Event
+) -> tuple[Layer, BlobOutcome, dict[str, str]]:
+    """One layer from files to registry; its digest from the cache, a hashing pass, or the upload itself; and, when
+    signing, its files' sha256 (taken on the way, before a disk budget deletes them).
 
     A layer the registry already has (by cached digest) is not even downloaded. Otherwise its files are fetched
     (Hub sources), sent, and, under a disk budget, deleted.
@@ -158,30 +183,38 @@ def _model_layer(layer: ModelLayer, ctx: _Context, stop: threading.Event) -> tup
     digests = layer.cached()
     if digests is not None and ctx.pusher.client.head_blob(ctx.pusher.repository, digests.digest) is not None:
         ctx.reporter.task(layer.title, 0).finish("unchanged")
-        return layer.layer(digests), BlobOutcome(digests.digest, digests.size, "skipped")
+        shas = layer.file_sha256() if ctx.signing else {}  # Hub or remembered sha256s; a file is read only if not
+        return layer.layer(digests), BlobOutcome(digests.digest, digests.size, "skipped"), shas
     with ctx.budget.hold(layer.plan.size, stop) if ctx.budget else nullcontext():
         if ctx.staged is not None:
             ctx.staged.fetch(layer.plan.files, stop)
             # Every read from here on (hashing, upload, retries) checks it is this file.
             layer = layer.with_plan(LayerPlan(tuple(pin(f, confinement(ctx.staged.root)) for f in layer.plan.files)))
         try:
+            hashes = FileHashes() if ctx.signing else None
             # A cached digest was just looked up and found missing; one looked up after the fetch was not.
-            return _send_layer(layer, ctx, digests or layer.cached(), stop, absent=digests is not None)
+            sent, outcome = _send_layer(layer, ctx, digests or layer.cached(), stop, hashes, absent=digests is not None)
+            return sent, outcome, layer.file_sha256(hashes) if hashes is not None else {}
         finally:
             if ctx.budget is not None and ctx.staged is not None:
                 ctx.staged.release(layer.plan.files)
 
 
 def _send_layer(
-    layer: ModelLayer, ctx: _Context, digests: LayerDigests | None, stop: threading.Event, absent: bool = False
+    layer: ModelLayer,
+    ctx: _Context,
+    digests: LayerDigests | None,
+    stop: threading.Event,
+    hashes: FileHashes | None,
+    absent: bool = False,
 ) -> tuple[Layer, BlobOutcome]:
     if digests is None and (ctx.two_pass or layer.compression != "none"):
         # A compressed layer's size is only known once compressed, and an upload must announce it.
         task = ctx.reporter.task(f"hash {layer.title}", layer.tar_size)
-        digests = layer.encode(Discard(), stoppable(task, stop))
+        digests = layer.encode(Discard(), stoppable(task, stop), hashes)
         task.finish()
     size = digests.size if digests else layer.tar_size
-    upload = Upload(size, digests.digest if digests else None, layer.reader().read, layer.title)
+    upload = Upload(size, digests.digest if digests else None, layer.reader(hashes).read, layer.title)
     try:
         outcome = ctx.pusher.push_blob(upload, stop, absent=absent)
     except RegistryError as exc:
@@ -190,15 +223,17 @@ def _send_layer(
         # The cache's digest no longer matches the bytes (a file rewritten with its size and mtime kept): forget
         # it and send the layer again, hashing it as it goes.
         layer.forget()
-        return _send_layer(layer, ctx, None, stop)
+        return _send_layer(layer, ctx, None, stop, hashes)
     if digests is None:
         digests = LayerDigests(OCI_LAYER, outcome.digest, size, outcome.digest)
     layer.remember(digests)
     return layer.layer(digests), outcome
 
 
-def _base_layer(store: Layout, desc: Descriptor, pusher: Pusher, stop: threading.Event) -> tuple[None, BlobOutcome]:
-    return None, pusher.push_blob(layout_upload(store, desc), stop)
+def _base_layer(
+    store: Layout, desc: Descriptor, pusher: Pusher, stop: threading.Event
+) -> tuple[None, BlobOutcome, dict[str, str]]:
+    return None, pusher.push_blob(layout_upload(store, desc), stop), {}
 
 
 def build_with_layout(

@@ -560,10 +560,19 @@ def push(
         pusher.put_manifest(desc, data, desc.digest)
     top_desc, top_data = image.manifests[-1]
     pusher.put_manifest(top_desc, top_data, ref.tag or source.tag)
+    # The signature pack kept beside the image goes up as its referrer (referrers imports this module).
+    from ocimodel.registry import referrers
+
+    signature = None
+    for _, bundle in referrers.stored(layout, top_desc):
+        signature = referrers.attach(pusher, top_desc, bundle).manifest.digest
     if known is not None:
         known.record(client.registry, ref.repository, list(by_digest))
     outcomes = tuple(by_digest[b.digest] for b in image.blobs)
-    return PushResult(f"{ref.registry}/{ref.repository}@{top_desc.digest}", top_desc.digest, top_desc.media_type, outcomes)
+    return PushResult(
+        f"{ref.registry}/{ref.repository}@{top_desc.digest}", top_desc.digest, top_desc.media_type, outcomes,
+        signature=signature,
+    )
 
 
 def describe(result: PushResult) -> str:

@@ -10,7 +10,7 @@ conditional requests for it, but docker-registry offers no ETag to condition on,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from ocimodel.errors import OcimodelError
@@ -23,6 +23,7 @@ from ocimodel.layout.descriptor import (
     descriptor_list,
     parse_document,
 )
+from ocimodel.layout.store import Layout
 from ocimodel.registry.client import MANIFEST_ACCEPT, RegistryClient
 from ocimodel.registry.push import Pusher, Upload
 
@@ -67,6 +68,32 @@ def artifact_manifest(
         doc["annotations"] = dict(annotations)
     data = canonical_json(doc)
     return Descriptor.of_bytes(OCI_MANIFEST, data, annotations), data
+
+
+def store(layout: Layout, subject: Descriptor, bundle: bytes) -> Descriptor:
+    """A signature kept in a layout as a referrer of ``subject`` (its blobs and artifact manifest), for ``push`` to
+    attach in the registry; returns the untagged index.json entry that keeps it reachable."""
+    layout.put_bytes(OCI_EMPTY, EMPTY_CONFIG)
+    blob = layout.put_bytes(OMS_BUNDLE_MEDIA_TYPE, bundle)
+    manifest, data = artifact_manifest(subject, blob, OMS_ARTIFACT_TYPE)
+    layout.put_bytes(manifest.media_type, data)
+    return replace(manifest, artifact_type=OMS_ARTIFACT_TYPE)
+
+
+def stored(layout: Layout, subject: Descriptor) -> list[tuple[Descriptor, bytes]]:
+    """The signatures ``store`` kept in the layout for ``subject``: their artifact manifest and ``model.sig`` bytes."""
+    found = []
+    for entry in layout.manifests():
+        if entry.artifact_type != OMS_ARTIFACT_TYPE:
+            continue
+        what = f"referrer {entry.digest} in {layout.root}"
+        doc = parse_document(layout.read_blob(entry.digest), what)
+        if not isinstance(doc.get("subject"), dict) or doc["subject"].get("digest") != subject.digest:
+            continue
+        layers = descriptor_list(doc, "layers", what)
+        if len(layers) == 1 and layers[0].media_type == OMS_BUNDLE_MEDIA_TYPE:
+            found.append((entry, layout.read_blob(layers[0].digest)))
+    return found
 
 
 def attach(

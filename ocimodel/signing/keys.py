@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,6 +57,19 @@ class PublicKey:
         except InvalidSignature:
             return False
         return True
+
+
+class Signer(Protocol):
+    """What signs a statement: a key file loaded here, or a key that never leaves a service (``signing.kms``)."""
+
+    #: Names the key in messages (a path, an ARN); never secret.
+    source: str
+
+    def public(self) -> PublicKey: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """A DER-encoded ECDSA signature over ``data``."""
+        ...
 
 
 @dataclass(frozen=True)
