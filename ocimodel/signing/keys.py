@@ -83,8 +83,13 @@ class PrivateKey:
         return PublicKey(self.source, self.key.public_key())
 
     def sign(self, data: bytes) -> bytes:
-        """A DER-encoded ECDSA signature, the form ``model_signing`` stores and verifies."""
-        return self.key.sign(data, ec.ECDSA(_curve_hash(self.key.curve)))
+        """A DER-encoded ECDSA signature, the form ``model_signing`` stores and verifies.
+
+        Deterministic (RFC 6979): the same files signed with the same key give the same ``model.sig``, so a signed
+        image is as reproducible as an unsigned one (same digest on every rebuild); verifiers cannot tell the
+        difference, since a deterministic nonce is one valid choice of the random one.
+        """
+        return self.key.sign(data, ec.ECDSA(_curve_hash(self.key.curve), deterministic_signing=True))
 
 
 def load_private_key(path: Path, password: bytes | None = None) -> PrivateKey:
