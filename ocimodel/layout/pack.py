@@ -125,7 +125,7 @@ def pack(source: Source, layout_dir: Path, options: PackOptions, reporter: Repor
     if options.signer is not None:
         from ocimodel.signing.image import sign_model
 
-        signature = sign_model(source.provenance.title, file_sha256, options.signer, options.compression)
+        signature = sign_model(file_sha256, options.signer, options.compression)
         layout.put_bytes(signature.layer.descriptor.media_type, signature.blob)
         layers.append(signature.layer)
     image = assemble(bases, layers, image_annotations(source.provenance, options.annotations), options.labels)

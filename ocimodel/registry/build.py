@@ -132,7 +132,7 @@ def build(
         from ocimodel.signing.image import sign_model
 
         file_sha256 = {path: sha for _, _, shas in results for path, sha in shas.items()}
-        signature = sign_model(source.provenance.title, file_sha256, pack_options.signer, pack_options.compression)
+        signature = sign_model(file_sha256, pack_options.signer, pack_options.compression)
         sig = signature.layer.descriptor
         outcomes += pusher.push_all([Upload.of_bytes(signature.blob, sig.digest, SIGNATURE_LABEL)])
         built.append(signature.layer)

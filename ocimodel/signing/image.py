@@ -33,14 +33,16 @@ class SignatureLayer:
     blob: bytes
 
 
-def sign_model(name: str, files: Mapping[str, str], signer: Signer, compression: str = "none") -> SignatureLayer:
-    """Sign ``files`` (path in the model → sha256) as ``model_signing sign`` signs a folder holding them."""
+def sign_model(files: Mapping[str, str], signer: Signer, compression: str = "none") -> SignatureLayer:
+    """Sign ``files`` (path in the model → sha256) as ``model_signing sign`` signs the image's /models folder
+    holding them: the same statement, down to its subject's name, ``models``."""
     if SIGNATURE_NAME in files:
         raise InvalidArgument(
             "sign_key", f"the model already holds a {SIGNATURE_NAME}, which signing would replace: exclude it to "
             "sign the model again, or do not sign to keep it"
         )
-    bundle = sign_statement(build_statement(name, [ModelFile(path, sha) for path, sha in files.items()]), signer)
+    statement = build_statement(MODEL_DIR, [ModelFile(path, sha) for path, sha in files.items()])
+    bundle = sign_statement(statement, signer)
     tar = small_tar(MODEL_DIR, {SIGNATURE_NAME: bundle})
     blob = io.BytesIO()
     digests = encode_layer([tar], compression, blob)

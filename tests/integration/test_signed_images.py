@@ -8,12 +8,13 @@ after the signature is swapped for another model's.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -109,7 +110,28 @@ def test_a_signed_local_model_is_accepted_by_model_signing_and_a_change_is_not(t
     assert summary["signature"] == referrer["digest"]
     manifest = json.loads((layout / "blobs" / "sha256" / summary["digest"].split(":")[1]).read_bytes())
     assert manifest["layers"][-1]["annotations"]["org.opencontainers.image.title"] == "model.sig"
-    assert_judged(unpack(layout, "latest", tmp_path / "bundle"), key, signed_elsewhere(tmp_path, key))
+    models = unpack(layout, "latest", tmp_path / "bundle")
+    assert_judged(models, key, signed_elsewhere(tmp_path, key))
+
+
+def test_the_statement_is_the_one_model_signing_computes_for_the_unpacked_folder(tmp_path: Path, key: KeyPair) -> None:
+    layout = tmp_path / "layout"
+    result = run_cli("pack", make_model(tmp_path / "model"), layout, "--base", "scratch", "--sign-key", key.private)
+    assert result.returncode == 0, explain(result)
+    models = unpack(layout, "latest", tmp_path / "bundle")
+    ours = payload(models / "model.sig")
+    (models / "model.sig").unlink()
+    run_tool(sys.executable, "-m", "model_signing", "sign", "key", models, "--private_key", key.private,
+             "--signature", models / "model.sig")
+    theirs = payload(models / "model.sig")
+    theirs["predicate"]["serialization"]["ignore_paths"].sort()  # its order changes from run to run
+    assert ours == theirs
+
+
+def payload(signature: Path) -> dict[str, Any]:
+    envelope = json.loads(signature.read_text())["dsseEnvelope"]
+    statement: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return statement
 
 
 def test_signing_adds_a_layer_and_changes_no_other(tmp_path: Path, key: KeyPair) -> None:
