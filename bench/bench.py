@@ -253,8 +253,14 @@ class Bench:
                               ["bash", "-c", CURL_FLOOR, "floor", registry.host, *map(str, staged.iterdir())],
                               registry=registry))
             shutil.rmtree(staged)
-        for name, extra in (("ocimodel build (one pass)", []), ("ocimodel build --two-pass", ["--two-pass"])):
-            with self.registry(name.split()[-1]) as registry:
+        key = self.work / "model-signing.pem"
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)], check=True)
+        for name, extra in (
+            ("ocimodel build (one pass)", []),
+            ("ocimodel build --sign-key (one pass, each file hashed on the way)", ["--sign-key", str(key)]),
+            ("ocimodel build --two-pass", ["--two-pass"]),
+        ):
+            with self.registry(extra[0].strip("-") if extra else "pass") as registry:
                 self.fresh_cache()
                 argv = [*OCIMODEL, "build", str(model), f"{registry.host}/bench/build:v1",
                         "--base", self.base_ref(registry), *extra]
