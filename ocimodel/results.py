@@ -29,10 +29,14 @@ class PackResult:
 
 @dataclass(frozen=True)
 class BlobOutcome:
+    """What became of one blob: ``uploaded``, ``skipped`` (the registry had it) or ``mounted`` (from ``source``)."""
+
     digest: str
     size: int
-    outcome: str  # "uploaded", "skipped" or "mounted"
-    source: str | None = None  # the repository a mounted blob came from
+    outcome: str
+    source: str | None = None
+    #: Wall seconds the blob took, retries included.
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class PushResult:
             "mediaType": self.media_type,
             "uri": self.uri,
             "blobs": [
-                {"digest": b.digest, "size": b.size, "outcome": b.outcome, **({"from": b.source} if b.source else {})}
+                {"digest": b.digest, "size": b.size, "outcome": b.outcome, "seconds": round(b.seconds, 3),
+                 **({"from": b.source} if b.source else {})}
                 for b in self.blobs
             ],
             "uploadedBytes": sum(b.size for b in self.blobs if b.outcome == "uploaded"),

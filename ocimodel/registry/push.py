@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -269,7 +270,15 @@ class Pusher:
         return run_all(self.push_blob, order, self.options.jobs, "push")
 
     def push_blob(self, upload: Upload, stop: threading.Event | None = None, *, absent: bool = False) -> BlobOutcome:
-        """``absent``: the caller has just found (HEAD) that the repository lacks the blob, so it is not asked twice."""
+        """``absent``: the caller has just found (HEAD) that the repository lacks the blob, so it is not asked twice.
+
+        The outcome says how long the blob took, retries included (what a slow blob cost, for callers and ``--json``).
+        """
+        started = time.monotonic()
+        outcome = self._push_blob(upload, stop, absent)
+        return replace(outcome, seconds=time.monotonic() - started)
+
+    def _push_blob(self, upload: Upload, stop: threading.Event | None, absent: bool) -> BlobOutcome:
         refuse_oversized_layers(self.client.registry, [(f"layer {upload.label}", upload.size)])
         if (
             upload.digest is not None

@@ -171,3 +171,4 @@ def test_one_registry_serves_many_calls(stub: RegistryStub, model: Path, tmp_pat
         assert registry.client(stub.host) is client
     assert first.digest == second.digest
     assert {b.outcome for b in second.blobs} == {"skipped"}
+    assert all(b.seconds > 0 for b in (*first.blobs, *second.blobs)), "each blob's outcome says what it took"
