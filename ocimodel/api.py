@@ -579,23 +579,3 @@ def kserve_manifest(
     )
     return to_yaml(manifest(service))
 
-
-__all__ = [
-    "BASE_IMAGE_ENV",
-    "COMPRESSIONS",
-    "DEFAULT_JOBS",
-    "DEFAULT_PLATFORM",
-    "MODES",
-    "SERVICE_KINDS",
-    "BuildResult",
-    "PackResult",
-    "PushResult",
-    "Registry",
-    "build",
-    "is_layout_path",
-    "kserve_manifest",
-    "pack",
-    "pinned_reference",
-    "push",
-    "verify",
-]
