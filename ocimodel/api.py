@@ -31,8 +31,10 @@ from ocimodel.registry.reference import Reference, is_tag, parse_reference
 from ocimodel.results import BuildResult, PackResult, PushResult
 
 if TYPE_CHECKING:
+    from ocimodel.image.source import ImageSource
     from ocimodel.registry.client import RegistryClient
     from ocimodel.retry import RetryPolicy
+    from ocimodel.signing.keys import PublicKey
     from ocimodel.source import Source
     from ocimodel.verification import Report
 
@@ -445,14 +447,19 @@ def verify(
     modes: Sequence[str] | None = None,
     tag: str | None = None,
     quick: bool = False,
+    sign_key_pub: PathLike | None = None,
     registry: Registry | None = None,
     plain_http: bool = False,
+    progress: Progress = None,
+    stop: threading.Event | None = None,
 ) -> Report:
     """Check an image against KServe's ``modes`` (default: all of ``MODES``) for nodes of ``platform``.
 
     ``image`` is a layout directory (``tag`` picks its tag) or a registry reference. Manifests, configs and tar
     headers are read, never file data; ``quick`` skips big layers that would have to be read in full (and the
-    checks that need them). The report's ``ok`` is False if a check failed; a failing check is not an exception.
+    checks that need them). With ``sign_key_pub`` (a PEM public key), the ``signature.model`` check also streams
+    every layer once to hash the files under ``/models`` and checks them, and ``/models/model.sig``, against that
+    key (docs/signing.md). The report's ``ok`` is False if a check failed; a failing check is not an exception.
     """
     from ocimodel.verification import QUICK, ReadPolicy
     from ocimodel.verification import verify as check_image
@@ -463,18 +470,40 @@ def verify(
         if mode not in MODES:
             raise InvalidArgument("modes", f"{mode!r} is not one of {', '.join(MODES)}")
     policy = QUICK if quick else ReadPolicy()
+    key = _public_key(sign_key_pub) if sign_key_pub is not None else None
     if is_layout_path(image):
         from ocimodel.layout.source import LayoutSource
         from ocimodel.layout.store import Layout
 
-        return check_image(LayoutSource(Layout.open(Path(image).expanduser()), tag), node, chosen, policy)
+        source = LayoutSource(Layout.open(Path(image).expanduser()), tag)
+        return _with_signature(check_image(source, node, chosen, policy), source, key, _reporter(progress, stop), stop)
     if tag is not None:
         raise InvalidArgument("tag", "picks a tag of a layout; put the tag in the reference instead")
     target = _reference(image, "image")  # type: ignore[arg-type]
     from ocimodel.registry.source import RegistrySource
 
-    with _Session(registry, plain_http, None, None) as session:
-        return check_image(RegistrySource(session.registry.client(target.registry), target), node, chosen, policy)
+    with _Session(registry, plain_http, progress, stop) as session:
+        remote = RegistrySource(session.registry.client(target.registry), target)
+        return _with_signature(check_image(remote, node, chosen, policy), remote, key, session.reporter, stop)
+
+
+def _public_key(path: PathLike) -> PublicKey:
+    from ocimodel.signing.keys import load_public_key
+
+    return load_public_key(Path(path).expanduser())
+
+
+def _with_signature(
+    report: Report, source: ImageSource, key: PublicKey | None, reporter: Reporter, stop: threading.Event | None
+) -> Report:
+    """The report with the ``signature.model`` check added, when a key was given."""
+    if key is None:
+        return report
+    from ocimodel.verification.signature import check_signature
+
+    layers = [desc for desc, _ in report.layers]
+    signed = check_signature(source, layers, key, reporter=reporter, stop=stop)
+    return replace(report, checks=(*report.checks, replace(signed, modes=report.modes)))
 
 
 def pinned_reference(

@@ -349,6 +349,10 @@ def verify(
         bool,
         typer.Option("--quick", help="Skip big layers that would have to be read in full (and the checks that need them)."),
     ] = False,
+    sign_key_pub: Annotated[
+        Optional[Path],
+        typer.Option(help="Also check /models/model.sig with this PEM public key, hashing every file under /models."),
+    ] = None,
     plain_http: PlainHttpOpt = False,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
@@ -356,14 +360,21 @@ def verify(
 ) -> None:
     """Check an image against KServe's modelcar, native and fetch modes. Exits 3 if a check fails.
 
-    Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads).
+    Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads), except
+    with --sign-key-pub: the signature check reads every layer once (docs/signing.md).
     """
+    from ocimodel.progress import SilentReporter, make_reporter
+
     image, host = _image(image)
-    with _registry(plain_http, username, password_stdin, host) as registry, _usage():
-        report = api.verify(
-            image, platform=platform, modes=[m.value for m in mode] or None, tag=tag, quick=quick,
-            registry=registry,
-        )
+    reporter = make_reporter() if sign_key_pub is not None else SilentReporter()
+    try:
+        with _registry(plain_http, username, password_stdin, host) as registry, _usage():
+            report = api.verify(
+                image, platform=platform, modes=[m.value for m in mode] or None, tag=tag, quick=quick,
+                sign_key_pub=sign_key_pub, registry=registry, progress=reporter,
+            )
+    finally:
+        reporter.close()
     print(json.dumps(report.to_json()) if as_json else report.table())
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
