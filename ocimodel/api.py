@@ -552,6 +552,10 @@ def kserve_manifest(
     cpu: str | None = None,
     memory: str | None = None,
     gpus: int | None = None,
+    model_validation: str | None = None,
+    sign_key_pub: PathLike | None = None,
+    sigstore_identity: str | None = None,
+    sigstore_issuer: str | None = None,
     registry: Registry | None = None,
     plain_http: bool = False,
 ) -> str:
@@ -559,19 +563,32 @@ def kserve_manifest(
 
     A reference with a tag is resolved to its digest once; a layout needs ``pushed_to``, the repository it was
     pushed to. ``kind`` is one of ``SERVICE_KINDS`` and ``mode`` one of ``MODES``.
+
+    ``model_validation`` names a ``ModelValidation`` for Sigstore's model-validation-operator, which then checks
+    ``/models/model.sig`` in the cluster before the server starts, against ``sign_key_pub`` (a PEM public key,
+    shipped in a ConfigMap) or a keyless signer (``sigstore_identity`` and ``sigstore_issuer``). The text is then
+    several YAML documents. Modes ``native`` and ``fetch`` only (docs/signing.md says why).
     """
-    from ocimodel.kserve import Resources, Service, manifest, to_yaml
+    from ocimodel.kserve import Resources, Service, Validation, check_validated, manifests, to_yaml_documents
 
     if kind not in SERVICE_KINDS:
         raise InvalidArgument("kind", f"{kind!r} is not one of {', '.join(SERVICE_KINDS)}")
     if mode not in MODES:
         raise InvalidArgument("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    validation = None
+    if model_validation is not None:
+        check_validated(kind, mode)
+        pem = _public_key(sign_key_pub).pem.decode() if sign_key_pub is not None else None
+        validation = Validation(model_validation, pem, sigstore_identity, sigstore_issuer)
+    elif sign_key_pub is not None or sigstore_identity is not None or sigstore_issuer is not None:
+        raise InvalidArgument("model_validation", "name the ModelValidation the key or identity is for")
     image_at = pinned_reference(image, pushed_to=pushed_to, tag=tag, registry=registry, plain_http=plain_http)
     service = Service(
         name=name, image=image_at, kind=kind, mode=mode, namespace=namespace, runtime=runtime,
         model_format=model_format, model_name=model_name, resources=Resources(cpu, memory, gpus),
+        validation=validation,
     )
-    return to_yaml(manifest(service))
+    return to_yaml_documents(manifests(service))
 
 
 __all__ = [

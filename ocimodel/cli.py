@@ -403,6 +403,20 @@ def kserve(
     cpu: Annotated[Optional[str], typer.Option(help="CPU request, e.g. 4.")] = None,
     memory: Annotated[Optional[str], typer.Option(help="Memory request and limit, e.g. 32Gi.")] = None,
     gpus: Annotated[Optional[int], typer.Option(min=1, help="nvidia.com/gpu request and limit.")] = None,
+    model_validation: Annotated[
+        Optional[str],
+        typer.Option(help="Also write a ModelValidation of this name for Sigstore's model-validation-operator, "
+                     "which checks /models/model.sig before the server starts (--mode native or fetch)."),
+    ] = None,
+    sign_key_pub: Annotated[
+        Optional[Path], typer.Option(help="--model-validation: the signer's PEM public key (put in a ConfigMap).")
+    ] = None,
+    sigstore_identity: Annotated[
+        Optional[str], typer.Option(help="--model-validation, keyless: the signer's certificate identity.")
+    ] = None,
+    sigstore_issuer: Annotated[
+        Optional[str], typer.Option(help="--model-validation, keyless: the OIDC issuer of that identity.")
+    ] = None,
     plain_http: PlainHttpOpt = False,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
@@ -410,13 +424,15 @@ def kserve(
     """Print a KServe manifest (YAML) that serves the image pinned by digest: oci://host/repo@sha256:….
 
     A reference with a tag is resolved to its digest once; a layout needs --ref, the repository it was pushed to.
+    With --model-validation, the model-validation-operator's resources come first (docs/signing.md).
     """
     image, host = _image(image)
     with _registry(plain_http, username, password_stdin, host) as registry, _usage():
         text = api.kserve_manifest(
             image, name=name, kind=kind.value, mode=mode.value, pushed_to=ref, tag=tag, namespace=namespace,
             runtime=runtime, model_format=model_format, model_name=model_name, cpu=cpu, memory=memory, gpus=gpus,
-            registry=registry,
+            model_validation=model_validation, sign_key_pub=sign_key_pub, sigstore_identity=sigstore_identity,
+            sigstore_issuer=sigstore_issuer, registry=registry,
         )
     print(text, end="")
 
