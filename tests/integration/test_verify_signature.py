@@ -28,7 +28,7 @@ from ocimodel.layout.store import Layout
 from ocimodel.signing.bundle import sign_statement
 from ocimodel.signing.filehash import folder_files
 from ocimodel.signing.keys import load_private_key, load_public_key
-from ocimodel.signing.statement import build_statement
+from ocimodel.signing.statement import ModelFile, build_statement
 from ocimodel.verification import ReadPolicy, Result
 from ocimodel.verification.signature import SignatureLimits, check_signature
 from tests.harness.cli import run_cli
@@ -175,6 +175,29 @@ def test_the_files_put_back_by_a_later_layer_pass_as_model_signing_says(signed: 
     result, detail = verdict(restored, signed.key.public)
     assert result is Result.PASS, detail
     assert model_signing_accepts(restored, tmp_path, signed.key.public)
+
+
+def test_an_opaque_directory_and_hard_links_are_merged_as_a_runtime_does(signed: Signed, tmp_path: Path) -> None:
+    """A top layer that replaces all of /models (opaque whiteout) with two names for one file: what is signed is
+    the new folder, and the hard link has the content of its target."""
+    data = b"weights shared by two names"
+    digest = hashlib.sha256(data).hexdigest()
+    statement = build_statement("models", [ModelFile("a.bin", digest), ModelFile("b.bin", digest)])
+    signature = sign_statement(statement, load_private_key(signed.key.private))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in (("models/.wh..wh..opq", b""), ("models/a.bin", data), ("models/model.sig", signature)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+        link = tarfile.TarInfo("models/b.bin")
+        link.type, link.linkname = tarfile.LNKTYPE, "models/a.bin"
+        archive.addfile(link)
+    layout = add_layer(signed.plain, tmp_path / "replaced.oci", out.getvalue())
+    result, detail = verdict(layout, signed.key.public)
+    assert result is Result.PASS, detail
+    assert "the 2 signed files" in detail
+    assert model_signing_accepts(layout, tmp_path, signed.key.public)
 
 
 def test_a_swapped_signature_fails(signed: Signed, tmp_path: Path) -> None:
