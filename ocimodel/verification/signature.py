@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ocimodel.errors import VerificationError
+from ocimodel.errors import OcimodelError, VerificationError
 from ocimodel.image.source import ImageSource
 from ocimodel.layout.descriptor import Descriptor
 from ocimodel.layout.plan import MODEL_DIR
@@ -177,18 +177,19 @@ def _model_files(tree: dict[str, Entry], layers: Sequence[_Layer], name: str) ->
 
 
 class _Paced(io.RawIOBase):
-    """A layer's bytes as they come: counted for progress, checked for stalls and cancellation."""
+    """A layer's bytes as they come: counted for progress, checked for cancellation and for stalls (a remote
+    failure, so an error rather than a failed check)."""
 
     def __init__(
         self, stream: Any, limits: SignatureLimits, advance: Callable[[int], None], stop: threading.Event | None,
         clock: Callable[[], float], what: str,
     ) -> None:
         self._stream = stream
+        self._what = what
         self._limits = limits
         self._advance = advance
         self._stop = stop
         self._clock = clock
-        self._what = what
         self._window_start = clock()
         self._window_bytes = 0
 
@@ -205,9 +206,9 @@ class _Paced(io.RawIOBase):
         now = self._clock()
         if now - self._window_start >= self._limits.stall_seconds:
             if self._window_bytes < self._limits.stall_bytes:
-                raise TooLarge(
-                    f"{self._what} stalled: less than {human_size(self._limits.stall_bytes)} in "
-                    f"{self._limits.stall_seconds:.0f} s, the least a signature check waits for"
+                raise OcimodelError(
+                    f"{self._what} stalled: less than {human_size(self._limits.stall_bytes)} came in "
+                    f"{self._limits.stall_seconds:.0f} s; try again, or from closer to the registry"
                 )
             self._window_start, self._window_bytes = now, 0
         return n
