@@ -31,9 +31,11 @@ from ocimodel.registry.reference import Reference, is_tag, parse_reference
 from ocimodel.results import BuildResult, PackResult, PushResult
 
 if TYPE_CHECKING:
+    from ocimodel.image.source import ImageSource
     from ocimodel.registry.client import RegistryClient
     from ocimodel.signing.keys import Signer
     from ocimodel.retry import RetryPolicy
+    from ocimodel.signing.keys import PublicKey
     from ocimodel.source import Source
     from ocimodel.verification import Report
 
@@ -480,14 +482,19 @@ def verify(
     modes: Sequence[str] | None = None,
     tag: str | None = None,
     quick: bool = False,
+    sign_key_pub: PathLike | None = None,
     registry: Registry | None = None,
     plain_http: bool = False,
+    progress: Progress = None,
+    stop: threading.Event | None = None,
 ) -> Report:
     """Check an image against KServe's ``modes`` (default: all of ``MODES``) for nodes of ``platform``.
 
     ``image`` is a layout directory (``tag`` picks its tag) or a registry reference. Manifests, configs and tar
     headers are read, never file data; ``quick`` skips big layers that would have to be read in full (and the
-    checks that need them). The report's ``ok`` is False if a check failed; a failing check is not an exception.
+    checks that need them). With ``sign_key_pub`` (a PEM public key), the ``signature.model`` check also streams
+    every layer once to hash the files under ``/models`` and checks them, and ``/models/model.sig``, against that
+    key (docs/signing.md). The report's ``ok`` is False if a check failed; a failing check is not an exception.
     """
     from ocimodel.verification import QUICK, ReadPolicy
     from ocimodel.verification import verify as check_image
@@ -498,18 +505,40 @@ def verify(
         if mode not in MODES:
             raise InvalidArgument("modes", f"{mode!r} is not one of {', '.join(MODES)}")
     policy = QUICK if quick else ReadPolicy()
+    key = _public_key(sign_key_pub) if sign_key_pub is not None else None
     if is_layout_path(image):
         from ocimodel.layout.source import LayoutSource
         from ocimodel.layout.store import Layout
 
-        return check_image(LayoutSource(Layout.open(Path(image).expanduser()), tag), node, chosen, policy)
+        source = LayoutSource(Layout.open(Path(image).expanduser()), tag)
+        return _with_signature(check_image(source, node, chosen, policy), source, key, _reporter(progress, stop), stop)
     if tag is not None:
         raise InvalidArgument("tag", "picks a tag of a layout; put the tag in the reference instead")
     target = _reference(image, "image")  # type: ignore[arg-type]
     from ocimodel.registry.source import RegistrySource
 
-    with _Session(registry, plain_http, None, None) as session:
-        return check_image(RegistrySource(session.registry.client(target.registry), target), node, chosen, policy)
+    with _Session(registry, plain_http, progress, stop) as session:
+        remote = RegistrySource(session.registry.client(target.registry), target)
+        return _with_signature(check_image(remote, node, chosen, policy), remote, key, session.reporter, stop)
+
+
+def _public_key(path: PathLike) -> PublicKey:
+    from ocimodel.signing.keys import load_public_key
+
+    return load_public_key(Path(path).expanduser())
+
+
+def _with_signature(
+    report: Report, source: ImageSource, key: PublicKey | None, reporter: Reporter, stop: threading.Event | None
+) -> Report:
+    """The report with the ``signature.model`` check added, when a key was given."""
+    if key is None:
+        return report
+    from ocimodel.verification.signature import check_signature
+
+    layers = [desc for desc, _ in report.layers]
+    signed = check_signature(source, layers, key, reporter=reporter, stop=stop)
+    return replace(report, checks=(*report.checks, replace(signed, modes=report.modes)))
 
 
 def pinned_reference(
@@ -558,6 +587,10 @@ def kserve_manifest(
     cpu: str | None = None,
     memory: str | None = None,
     gpus: int | None = None,
+    model_validation: str | None = None,
+    sign_key_pub: PathLike | None = None,
+    sigstore_identity: str | None = None,
+    sigstore_issuer: str | None = None,
     registry: Registry | None = None,
     plain_http: bool = False,
 ) -> str:
@@ -565,17 +598,30 @@ def kserve_manifest(
 
     A reference with a tag is resolved to its digest once; a layout needs ``pushed_to``, the repository it was
     pushed to. ``kind`` is one of ``SERVICE_KINDS`` and ``mode`` one of ``MODES``.
+
+    ``model_validation`` names a ``ModelValidation`` for Sigstore's model-validation-operator, which then checks
+    ``/models/model.sig`` in the cluster before the server starts, against ``sign_key_pub`` (a PEM public key,
+    shipped in a ConfigMap) or a keyless signer (``sigstore_identity`` and ``sigstore_issuer``). The text is then
+    several YAML documents. Modes ``native`` and ``fetch`` only (docs/signing.md says why).
     """
-    from ocimodel.kserve import Resources, Service, manifest, to_yaml
+    from ocimodel.kserve import Resources, Service, Validation, check_validated, manifests, to_yaml_documents
 
     if kind not in SERVICE_KINDS:
         raise InvalidArgument("kind", f"{kind!r} is not one of {', '.join(SERVICE_KINDS)}")
     if mode not in MODES:
         raise InvalidArgument("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    validation = None
+    if model_validation is not None:
+        check_validated(kind, mode)
+        pem = _public_key(sign_key_pub).pem.decode() if sign_key_pub is not None else None
+        validation = Validation(model_validation, pem, sigstore_identity, sigstore_issuer)
+    elif sign_key_pub is not None or sigstore_identity is not None or sigstore_issuer is not None:
+        raise InvalidArgument("model_validation", "name the ModelValidation the key or identity is for")
     image_at = pinned_reference(image, pushed_to=pushed_to, tag=tag, registry=registry, plain_http=plain_http)
     service = Service(
         name=name, image=image_at, kind=kind, mode=mode, namespace=namespace, runtime=runtime,
         model_format=model_format, model_name=model_name, resources=Resources(cpu, memory, gpus),
+        validation=validation,
     )
-    return to_yaml(manifest(service))
+    return to_yaml_documents(manifests(service))
 

@@ -383,6 +383,10 @@ def verify(
         bool,
         typer.Option("--quick", help="Skip big layers that would have to be read in full (and the checks that need them)."),
     ] = False,
+    sign_key_pub: Annotated[
+        Optional[Path],
+        typer.Option(help="Also check /models/model.sig with this PEM public key, hashing every file under /models."),
+    ] = None,
     plain_http: PlainHttpOpt = False,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
@@ -390,14 +394,21 @@ def verify(
 ) -> None:
     """Check an image against KServe's modelcar, native and fetch modes. Exits 3 if a check fails.
 
-    Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads).
+    Reads manifests, configs and tar headers, never file data (docs/kserve.md says which layers it reads), except
+    with --sign-key-pub: the signature check reads every layer once (docs/signing.md).
     """
+    from ocimodel.progress import SilentReporter, make_reporter
+
     image, host = _image(image)
-    with _registry(plain_http, username, password_stdin, host) as registry, _usage():
-        report = api.verify(
-            image, platform=platform, modes=[m.value for m in mode] or None, tag=tag, quick=quick,
-            registry=registry,
-        )
+    reporter = make_reporter() if sign_key_pub is not None else SilentReporter()
+    try:
+        with _registry(plain_http, username, password_stdin, host) as registry, _usage():
+            report = api.verify(
+                image, platform=platform, modes=[m.value for m in mode] or None, tag=tag, quick=quick,
+                sign_key_pub=sign_key_pub, registry=registry, progress=reporter,
+            )
+    finally:
+        reporter.close()
     print(json.dumps(report.to_json()) if as_json else report.table())
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -426,6 +437,20 @@ def kserve(
     cpu: Annotated[Optional[str], typer.Option(help="CPU request, e.g. 4.")] = None,
     memory: Annotated[Optional[str], typer.Option(help="Memory request and limit, e.g. 32Gi.")] = None,
     gpus: Annotated[Optional[int], typer.Option(min=1, help="nvidia.com/gpu request and limit.")] = None,
+    model_validation: Annotated[
+        Optional[str],
+        typer.Option(help="Also write a ModelValidation of this name for Sigstore's model-validation-operator, "
+                     "which checks /models/model.sig before the server starts (--mode native or fetch)."),
+    ] = None,
+    sign_key_pub: Annotated[
+        Optional[Path], typer.Option(help="--model-validation: the signer's PEM public key (put in a ConfigMap).")
+    ] = None,
+    sigstore_identity: Annotated[
+        Optional[str], typer.Option(help="--model-validation, keyless: the signer's certificate identity.")
+    ] = None,
+    sigstore_issuer: Annotated[
+        Optional[str], typer.Option(help="--model-validation, keyless: the OIDC issuer of that identity.")
+    ] = None,
     plain_http: PlainHttpOpt = False,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
@@ -433,13 +458,15 @@ def kserve(
     """Print a KServe manifest (YAML) that serves the image pinned by digest: oci://host/repo@sha256:….
 
     A reference with a tag is resolved to its digest once; a layout needs --ref, the repository it was pushed to.
+    With --model-validation, the model-validation-operator's resources come first (docs/signing.md).
     """
     image, host = _image(image)
     with _registry(plain_http, username, password_stdin, host) as registry, _usage():
         text = api.kserve_manifest(
             image, name=name, kind=kind.value, mode=mode.value, pushed_to=ref, tag=tag, namespace=namespace,
             runtime=runtime, model_format=model_format, model_name=model_name, cpu=cpu, memory=memory, gpus=gpus,
-            registry=registry,
+            model_validation=model_validation, sign_key_pub=sign_key_pub, sigstore_identity=sigstore_identity,
+            sigstore_issuer=sigstore_issuer, registry=registry,
         )
     print(text, end="")
 

@@ -130,7 +130,7 @@ class Budget:
             )
 
 
-class _Metered:
+class Metered:
     """A tar stream that charges the budget for every byte it hands out and never asks for more than is left.
 
     It seeks for ``tarfile``'s random-access mode: for real when ``seekable`` (file data is then never read), else
@@ -176,29 +176,42 @@ def read_entries(
     Every byte the tar reader takes and every member kept is charged to ``budget``: ``TooLarge`` when it runs out.
     """
     budget = budget or Budget()
-    magic = stream.peek(4)[:4]
-    source: io.BufferedIOBase | zstandard.ZstdDecompressionReader
-    if magic.startswith(_GZIP_MAGIC):
-        source, seekable = gzip.GzipFile(fileobj=stream, mode="rb"), False
-    elif magic == _ZSTD_MAGIC:
-        source, seekable = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True), False
-    elif not magic:
+    opened = decompressed(stream, stream)
+    if opened is None:
         return ()
-    else:
-        source = stream
+    source, compressed = opened
     entries = []
     try:
-        with tarfile.open(fileobj=_Metered(source, budget, seekable), mode="r:") as tar:  # type: ignore[call-overload]
+        metered = Metered(source, budget, seekable and not compressed)
+        with tarfile.open(fileobj=metered, mode="r:") as tar:  # type: ignore[call-overload]
             while (info := tar.next()) is not None:
                 tar.members.clear()  # TarFile keeps every member it has read: only our slimmer Entry is kept
                 budget.keep(info)
-                entries.append(_entry(info))
+                entries.append(entry_of(info))
         return tuple(entries)
-    except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
+    except TAR_ERRORS as exc:
         raise OcimodelError(f"{what} is not a readable tar ({exc})") from None
 
 
-def _entry(info: tarfile.TarInfo) -> Entry:
+#: What a damaged or truncated layer raises while it is read as a tar.
+TAR_ERRORS = (tarfile.TarError, zstandard.ZstdError, OSError, EOFError)
+
+
+def decompressed(stream: io.BufferedReader, raw: Any) -> tuple[Any, bool] | None:
+    """The tar stream of a layer, told plain, gzip or zstd by ``stream``'s first bytes (whatever the media type
+    claims), read from ``raw`` (``stream`` itself, or a wrapper around it); with whether it was compressed. None for
+    an empty blob."""
+    magic = stream.peek(4)[:4]
+    if magic.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb"), True
+    if magic == _ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), True
+    if not magic:
+        return None
+    return raw, False
+
+
+def entry_of(info: tarfile.TarInfo) -> Entry:
     raw = info.name
     path = normalize(raw)
     base = posixpath.basename(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,128 @@ def test_command_takes_a_pinned_reference_without_asking_any_registry() -> None:
     assert model["storageUri"] == f"oci://{IMAGE}" and model["runtime"] == "vllm"
     refused = CliRunner().invoke(app, ["kserve", IMAGE, "--name", "qwen", "--ref", "registry.example/x"])
     assert refused.exit_code == 2 and "for layouts" in refused.output
+
+
+# --- Sigstore's model-validation-operator ------------------------------------------------------------------------
+# Field names and behaviour from sigstore/model-validation-operator (api/v1alpha1/modelvalidation_types.go,
+# internal/webhooks/pod_webhook.go): a namespaced ModelValidation (ml.sigstore.dev/v1alpha1) with spec.model.path and
+# spec.model.signaturePath (both matching ^(/|s3://|gs://|https?://)) and exactly one of spec.config.sigstoreConfig
+# {certificateIdentity, certificateOidcIssuer}, pkiConfig, publicKeyConfig {keyPath}; a pod labelled
+# validation.ml.sigstore.dev/ml=<name> gets an init container with the volume mounts of the pod's containers,
+# running `model_signing verify key --signature=<signaturePath> --public_key <keyPath> <path>`.
+
+CRD_PATH = re.compile(r"^(/|s3://|gs://|https?://)")
+METHODS = {"sigstoreConfig", "pkiConfig", "publicKeyConfig"}
+
+
+def documents(text: str) -> dict[str, dict[str, Any]]:
+    """The YAML stream's resources by kind, as ``kubectl apply -f`` reads them (in order)."""
+    docs = list(yaml.safe_load_all(text))
+    kinds = [d["kind"] for d in docs]
+    assert len(set(kinds)) == len(kinds)
+    return {d["kind"]: d for d in docs}
+
+
+def init_container_paths(isvc: dict[str, Any], path: str) -> tuple[dict[str, Any], str] | None:
+    """Which of the server container's volume mounts (the init container gets the same ones) holds ``path``, and
+    the file's name inside that volume."""
+    for mount in isvc["spec"]["predictor"]["model"].get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return mount, path[len(mount["mountPath"].rstrip("/")) + 1:]
+    return None
+
+
+@pytest.fixture
+def public_key(tmp_path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    path = tmp_path / "signer.pub"
+    path.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["native", "fetch"])
+def test_model_validation_with_a_public_key_wires_the_operator(public_key: Path, mode: str) -> None:
+    from ocimodel import api
+
+    text = api.kserve_manifest(IMAGE, name="qwen", mode=mode, namespace="serving", model_validation="qwen-signed",
+                               sign_key_pub=public_key)
+    docs = documents(text)
+    assert list(docs) == ["ConfigMap", "ModelValidation", "InferenceService"]  # the CR exists before the pod
+    mv, isvc, cm = docs["ModelValidation"], docs["InferenceService"], docs["ConfigMap"]
+    assert mv["apiVersion"] == "ml.sigstore.dev/v1alpha1"
+    assert mv["metadata"] == {"name": "qwen-signed", "namespace": "serving"} == {**cm["metadata"], "name": "qwen-signed"}
+    model = mv["spec"]["model"]
+    assert CRD_PATH.match(model["path"]) and CRD_PATH.match(model["signaturePath"])
+    assert (model["path"], model["signaturePath"]) == ("/mnt/models", "/mnt/models/model.sig")
+    assert set(mv["spec"]["config"]) & METHODS == {"publicKeyConfig"}
+    # The webhook finds the CR by the pod label's value, in the pod's namespace.
+    assert isvc["spec"]["predictor"]["labels"] == {"validation.ml.sigstore.dev/ml": "qwen-signed"}
+    assert isvc["metadata"]["namespace"] == "serving"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith({"native": "oci+native://", "fetch": "oci+fetch://"}[mode])
+    # keyPath is a file the init container can open: in a mount of the server container, of a volume that is the
+    # ConfigMap, under a key the ConfigMap has, holding the very key given.
+    found = init_container_paths(isvc, mv["spec"]["config"]["publicKeyConfig"]["keyPath"])
+    assert found is not None
+    mount, key_name = found
+    (volume,) = [v for v in isvc["spec"]["predictor"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    assert cm["data"][key_name] == public_key.read_text()
+    assert mount["readOnly"] is True
+
+
+def test_model_validation_keyless_names_the_identity_and_ships_no_key() -> None:
+    from ocimodel import api
+
+    docs = documents(api.kserve_manifest(
+        IMAGE, name="qwen", mode="native", model_validation="qwen-signed",
+        sigstore_identity="https://github.com/org/repo/.github/workflows/build.yml@refs/heads/main",
+        sigstore_issuer="https://token.actions.githubusercontent.com",
+    ))
+    assert list(docs) == ["ModelValidation", "InferenceService"]
+    assert docs["ModelValidation"]["spec"]["config"] == {"sigstoreConfig": {
+        "certificateIdentity": "https://github.com/org/repo/.github/workflows/build.yml@refs/heads/main",
+        "certificateOidcIssuer": "https://token.actions.githubusercontent.com",
+    }}
+    predictor = docs["InferenceService"]["spec"]["predictor"]
+    assert "volumes" not in predictor and "volumeMounts" not in predictor["model"]
+
+
+def test_without_model_validation_the_manifest_is_one_document(public_key: Path) -> None:
+    from ocimodel import api
+
+    text = api.kserve_manifest(IMAGE, name="qwen", mode="native")
+    assert "---" not in text and "validation.ml.sigstore.dev" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "native", "--model-validation", "v"], "--model-validation: give the signer's public key, or its Sigstore identity"),
+        (["--mode", "modelcar", "--model-validation", "v", "--sigstore-identity", "a", "--sigstore-issuer", "b"],
+         "--model-validation: the operator cannot check a model served in modelcar mode"),
+        (["--mode", "native", "--kind", "llminferenceservice", "--model-validation", "v", "--sigstore-identity", "a",
+          "--sigstore-issuer", "b"], "--model-validation: is written for kind inferenceservice only"),
+        (["--mode", "native", "--model-validation", "v", "--sigstore-identity", "a"],
+         "--sigstore-identity: keyless validation needs both"),
+        (["--mode", "native", "--sigstore-identity", "a", "--sigstore-issuer", "b"], "--model-validation: name the"),
+        (["--mode", "native", "--model-validation", "Bad_Name", "--sigstore-identity", "a", "--sigstore-issuer", "b"],
+         "not a valid resource name"),
+    ],
+)
+def test_model_validation_mistakes_are_one_line_before_any_registry_is_asked(
+    args: list[str], message: str, dead_port: int
+) -> None:
+    result = CliRunner().invoke(app, ["kserve", f"127.0.0.1:{dead_port}/models/qwen:v1", "--name", "qwen", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_model_validation_with_both_a_key_and_an_identity_is_refused(public_key: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "kserve", IMAGE, "--name", "qwen", "--mode", "native", "--model-validation", "v", "--sign-key-pub",
+        str(public_key), "--sigstore-identity", "a", "--sigstore-issuer", "b",
+    ])
+    assert result.exit_code == 2 and "one of them" in result.output
