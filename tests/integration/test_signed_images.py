@@ -240,3 +240,18 @@ def test_an_unusable_key_is_one_clear_line(tmp_path: Path, problem: str) -> None
                      "--sign-key", path)
     assert_clean_error(result, str(path))
     assert not (tmp_path / "layout").exists()
+
+
+def test_ocimodel_verifies_what_it_signed_and_names_what_changed(tmp_path: Path, key: KeyPair) -> None:
+    layout = tmp_path / "layout"
+    model = make_model(tmp_path / "model")
+    packed = run_cli("pack", model, layout, "--base", "scratch", "--sign-key", key.private)
+    assert packed.returncode == 0, explain(packed)
+    verified = run_cli("verify", layout, "--mode", "native", "--sign-key-pub", key.public, "--json")
+    assert verified.returncode == 0, explain(verified)
+    [check] = [c for c in json.loads(verified.stdout)["checks"] if c["id"] == "signature.model"]
+    assert check["result"] == "pass"
+    other = tmp_path / "other-keys"
+    other.mkdir()
+    refused = run_cli("verify", layout, "--mode", "native", "--sign-key-pub", ec_key(other).public)
+    assert refused.returncode == 3, explain(refused)
