@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from ocimodel.signing.errors import SignatureInvalid
-from ocimodel.signing.keys import PrivateKey
+from ocimodel.signing.keys import Signer
 from ocimodel.signing.statement import PAYLOAD_TYPE, Statement
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -38,7 +38,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-def sign_statement(statement: Statement, key: PrivateKey) -> bytes:
+def sign_statement(statement: Statement, key: Signer) -> bytes:
     """The ``model.sig`` bytes for ``statement`` signed with ``key``."""
     payload = statement.payload()
     bundle = {

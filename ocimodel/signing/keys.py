@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,6 +72,17 @@ class PrivateKey:
     def sign(self, data: bytes) -> bytes:
         """A DER-encoded ECDSA signature, the form ``model_signing`` stores and verifies."""
         return self.key.sign(data, ec.ECDSA(_curve_hash(self.key.curve)))
+
+
+class Signer(Protocol):
+    """What signing needs of a key: a ``PrivateKey`` loaded here, or one that never leaves KMS (``kms.KmsSigner``)."""
+
+    @property
+    def source(self) -> str: ...
+
+    def public(self) -> PublicKey: ...
+
+    def sign(self, data: bytes) -> bytes: ...
 
 
 def load_private_key(path: Path, password: bytes | None = None) -> PrivateKey:
