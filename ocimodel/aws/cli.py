@@ -82,7 +82,7 @@ def bootstrap(
     todo = run.steps(clients, plan)
     if dry_run:
         print(render(todo, done=False))
-        for title, text in run.documents(plan):
+        for title, text in run.documents(plan, clients.kms):
             print(f"\n# {title}\n{text.rstrip()}")
         print()
         print(summary(todo, done=False, verb="dry run") + " (nothing was changed)")
@@ -138,6 +138,10 @@ def build(
         with aws_call(f"read secret {names.secret}"):
             if not secret_exists(clients.secrets, names.secret):
                 raise OcimodelError(f"secret {names.secret} holds no HF token yet: run ocimodel aws set-hf-token first")
+    if settings.aws.signing:
+        from ocimodel.aws.signingkey import check_usable
+
+        check_usable(clients.kms, settings.aws.signing, clients.region)
     # Before anything starts: a layer ECR would refuse, and an immutable tag that already holds an image.
     _note(f"listing {spec.id}@{spec.revision} on the Hub")
     commit = hub_commit(spec)
