@@ -58,11 +58,14 @@ def problem(metadata: dict[str, Any]) -> str | None:
     spec, usage, state = metadata.get("KeySpec"), metadata.get("KeyUsage"), metadata.get("KeyState")
     if usage != "SIGN_VERIFY" or spec not in VERIFIABLE_SPECS:
         return (
-            f"is a {spec} key for {usage}; model signatures need an ECC_NIST_P256, P384 or P521 key for SIGN_VERIFY "
-            "(what OpenSSF model signing verifiers check): name another key"
+            f"has key spec {spec} and key usage {usage}; model signatures need an ECC_NIST_P256, P384 or P521 key "
+            "for SIGN_VERIFY (what OpenSSF model signing verifiers check): name another key"
         )
     if state == "PendingDeletion":
-        return "is scheduled for deletion: keep it (aws kms cancel-key-deletion, then aws kms enable-key) or name another"
+        return (
+            "is scheduled for deletion: keep it (aws kms cancel-key-deletion, then aws kms enable-key) or name "
+            "another key"
+        )
     if state != "Enabled":
         return f"is {state}: enable it (aws kms enable-key) or name another key"
     return None

@@ -154,9 +154,9 @@ def _refused(key_id: str, doing: str, exc: Any) -> NoReturn:
             "aws kms cancel-key-deletion and aws kms enable-key"
         )
     if code == "NotFoundException":
-        raise SigningKeyError(f"{what}: no such key or alias in this account and region ({said}); {CREATE_KMS_KEY_HINT}")
-    if code in ("InvalidKeyUsageException", "UnsupportedOperationException"):
         raise SigningKeyError(
-            f"{what}: it is not an asymmetric signing key ({code}); {CREATE_KMS_KEY_HINT}"
+            f"{what}: no such key or alias in this account and region ({said}); {CREATE_KMS_KEY_HINT}"
         )
+    if code in ("InvalidKeyUsageException", "UnsupportedOperationException"):
+        raise SigningKeyError(f"{what}: it is not an asymmetric signing key ({code}); {CREATE_KMS_KEY_HINT}")
     raise SigningKeyError(f"{what}: AWS said {code}: {said}")

@@ -317,12 +317,13 @@ _KMS_HASHES = {"ECDSA_SHA_256": hashes.SHA256(), "ECDSA_SHA_384": hashes.SHA384(
 def kms_as_aws(kms: Any) -> Wrapped:
     """moto's KMS with the parts it gets wrong played as AWS documents them, and nothing else changed.
 
-    moto 5.2 ignores ``MessageType``: for ``DIGEST`` it hashes the digest again, so its signatures never verify over
-    the message (``cryptography`` refuses them; AWS skips the hashing step). It also signs and hands out public keys of
-    disabled keys, keys pending deletion and symmetric keys (AWS has no public half to give), answers a key of another usage with a ValidationException, and names the key by its id where AWS gives its ARN. The
-    wrapper refuses those as AWS does (DisabledException, KMSInvalidStateException, UnsupportedOperationException, InvalidKeyUsageException), lets
-    moto check the rest (the request goes through the real client, so the shape hook sees it), and re-signs a
-    digest with the private key moto holds for that key.
+    moto 5.2 ignores ``MessageType``: for ``DIGEST`` it hashes the digest again, so its signatures never verify
+    over the message (``cryptography`` refuses them; AWS skips the hashing step). It also signs with, and hands out
+    public keys of, disabled keys, keys pending deletion and symmetric keys (which have no public half), answers a
+    key of another usage with a ValidationException, and names the key by its id where AWS gives its ARN. The
+    wrapper refuses those as AWS does (DisabledException, KMSInvalidStateException, UnsupportedOperationException,
+    InvalidKeyUsageException), lets moto check the rest (the request goes through the real client, so the shape
+    hook sees it), and re-signs a digest with the private key moto holds for that key.
     """
 
     def usable(key_id: str, operation: str) -> Any:
@@ -336,7 +337,8 @@ def kms_as_aws(kms: Any) -> Wrapped:
     def get_public_key(**request: Any) -> Any:
         key = usable(request["KeyId"], "GetPublicKey")
         if key.key_spec == "SYMMETRIC_DEFAULT" or key.key_spec.startswith("HMAC_"):
-            raise client_error("UnsupportedOperationException", f"{key.arn} key type is not supported.", "GetPublicKey")
+            message = f"{key.arn} key type is not supported."
+            raise client_error("UnsupportedOperationException", message, "GetPublicKey")
         answer = kms.get_public_key(**request)
         answer["KeyId"] = key.arn  # AWS names the key by its ARN here; moto by its bare id
         return answer
@@ -350,7 +352,8 @@ def kms_as_aws(kms: Any) -> Wrapped:
             algorithm = _KMS_HASHES[request["SigningAlgorithm"]]
             if len(request["Message"]) != algorithm.digest_size:
                 raise client_error("ValidationException", "Digest is invalid length for algorithm.", "Sign")
-            answer["Signature"] = key.private_key.private_key.sign(request["Message"], ec.ECDSA(Prehashed(algorithm)))
+            private = key.private_key.private_key
+            answer["Signature"] = private.sign(request["Message"], ec.ECDSA(Prehashed(algorithm)))
         return answer
 
     return Wrapped(kms, get_public_key=get_public_key, sign=sign)

@@ -105,7 +105,9 @@ def test_the_key_id_may_be_an_arn_in_another_region_than_the_default(aws: Client
         ("ECC_SECG_P256K1", "SIGN_VERIFY", "is ECC_SECG_P256K1; OpenSSF model signing verifiers accept only"),
     ],
 )
-def test_keys_verifiers_cannot_check_are_refused_in_one_line(aws: Clients, spec: str, usage: str, expected: str) -> None:
+def test_keys_verifiers_cannot_check_are_refused_in_one_line(
+    aws: Clients, spec: str, usage: str, expected: str
+) -> None:
     arn = _signing_key(aws, spec, usage)
     with pytest.raises(SigningKeyError) as raised:
         KmsSigner.from_client(kms_as_aws(aws.kms), arn)
