@@ -175,6 +175,21 @@ def build(
     print(uri)
 
 
+@aws_app.command("public-key")
+def public_key(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Print the PEM public key of the [signing] KMS key: what the cluster verifies the images' model.sig with."""
+    from ocimodel.aws.config import load_config
+    from ocimodel.aws.session import connect
+    from ocimodel.errors import OcimodelError
+    from ocimodel.signing.kms import KmsSigner
+
+    settings = load_config(config)
+    if settings.aws.signing is None:
+        raise OcimodelError(f"{config} has no [signing] table: builds do not sign, so there is no public key to give")
+    clients = connect(settings.aws.region)
+    sys.stdout.write(KmsSigner.from_client(clients.kms, settings.aws.signing.kms_key).public().pem.decode())
+
+
 @aws_app.command()
 def status(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """List each model's last build and the digest of its image in ECR."""

@@ -43,6 +43,7 @@ from tests.harness.aws import (
     moto_update_project,
     run_bootstrap,
 )
+from tests.harness.openssl import openssl
 
 SERVICES = ("ecr", "iam", "s3", "logs", "codebuild", "secrets", "sts", "kms")
 ALIAS = "alias/ocimodel-model-signing"
@@ -272,3 +273,20 @@ def test_the_project_is_updated_when_signing_is_added(aws: Clients, wheel: Path)
     assert actions[("iam policy", f"{ROLE}/{p.ROLE_POLICY_NAME}")] == "update"
     assert actions[("codebuild project", "ocimodel-acme-tiny")] == "update"
     assert _statement(_role_policy(aws)) is not None
+
+
+def test_public_key_prints_the_pem_users_would_make_with_the_aws_cli_and_openssl(
+    aws: Clients, wheel: Path, config_file: Path, tmp_path: Path
+) -> None:
+    run_bootstrap(aws, make_plan(aws, wheel, CREATE))
+    config_file.write_text(CREATE)
+    result = invoke("aws", "public-key", "--config", str(config_file))
+    assert result.exit_code == 0, result.output
+    der = tmp_path / "key.der"
+    der.write_bytes(aws.kms.get_public_key(KeyId=ALIAS)["PublicKey"])
+    assert result.stdout.encode() == openssl("pkey", "-pubin", "-inform", "DER", "-in", str(der))
+    assert result.stdout.startswith("-----BEGIN PUBLIC KEY-----\n")
+
+    config_file.write_text(CONFIG)
+    unsigned = invoke("aws", "public-key", "--config", str(config_file))
+    assert isinstance(unsigned.exception, OcimodelError) and "has no [signing] table" in str(unsigned.exception)

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from ocimodel.aws.session import Clients
 from ocimodel.signing.bundle import pae, sign_statement
 from ocimodel.signing.errors import SigningKeyError
 from ocimodel.signing.filehash import folder_files
 from ocimodel.signing.kms import KmsSigner
 from ocimodel.signing.statement import PAYLOAD_TYPE, build_statement
 from ocimodel.signing.verify import verify_model
-from ocimodel.aws.session import Clients
 from tests.harness.aws import REGION, ShapeCheck, Wrapped, checking, client_error, kms_as_aws
 from tests.harness.openssl import openssl
 
