@@ -371,8 +371,9 @@ def _role_step(iam: Any, plan: Plan) -> tuple[Step, bool]:
 
 def _role_policy_step(iam: Any, plan: Plan, writable: bool, signing: signingkey.KeyArn | None) -> Step:
     names, models = plan.names, tuple(b.model for b in plan.builds)
+    # A key still to be created has no ARN yet: the policy differs from any written one, and is made when run.
     pending = signing is not None and signing.value is None
-    document = p.role_policy(names, models, signingkey.pending_or_known(signing, names))
+    document = p.role_policy(names, models, signing.value if signing is not None else None)
     label = f"{names.role}/{p.ROLE_POLICY_NAME}"
     if not writable:
         return Step("iam policy", label, "keep", "on a role ocimodel did not create: not written")

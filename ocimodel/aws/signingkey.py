@@ -145,10 +145,3 @@ def check_usable(kms: Any, signing: SigningSettings, region: str) -> None:
     if wrong:
         raise OcimodelError(f"KMS key {signing.kms_key} ({found['Arn']}) {wrong}")
 
-
-def pending_or_known(arn: KeyArn | None, names: p.Names) -> str | None:
-    """The ARN to write in the role's policy now: the key's, or the shape of one for a key yet to be created."""
-    if arn is None:
-        return None
-    return arn.value or p.pending_key_arn(names)
-
