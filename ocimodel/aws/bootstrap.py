@@ -16,11 +16,12 @@ from urllib.parse import unquote
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
-from ocimodel.aws import shapes
+from ocimodel.aws import shapes, signingkey
 from ocimodel.aws import snapshot_plan as sp
 from ocimodel.aws.plan import ModelBuild, Plan
 from ocimodel.aws.resources import (
     find_instance_profile,
+    find_kms_key,
     find_log_group,
     find_projects,
     find_repository,
@@ -47,13 +48,18 @@ def steps(clients: Clients, plan: Plan, clock: Clock = Clock()) -> list[Step]:
     """Every step bootstrap takes, found by reading AWS only."""
     bucket = _bucket_step(clients.s3, plan)
     kms_key = _resolved_kms_key(clients.kms, plan)
+    signing = plan.settings.signing
+    signed = (
+        signingkey.bootstrap_step(clients.kms, signing, plan.names.account.region, clock) if signing else None
+    )
     role, managed = _role_step(clients.iam, plan)
     return [
         bucket,
         _source_step(clients.s3, plan, bucket_exists=bucket.action != "create"),
         *[_repository_step(clients.ecr, plan, build, kms_key) for build in plan.builds],
+        *([signed[0]] if signed else []),
         role,
-        _role_policy_step(clients.iam, plan, managed),
+        _role_policy_step(clients.iam, plan, managed, signed[1] if signed else None),
         _instance_profile_step(clients.iam, plan),
         *[_log_group_step(clients.logs, plan, build) for build in plan.builds],
         *_project_steps(clients.codebuild, plan, clock),
@@ -66,7 +72,10 @@ def check(plan: Plan, clients: Clients) -> None:
     enums, ranges) and IAM's policy quotas before the first change: AWS refuses a bad one only when its turn comes,
     after the steps before it changed the account."""
     names, models = plan.names, tuple(b.model for b in plan.builds)
-    p.check_policy_sizes(names, models)
+    signing = plan.settings.signing
+    # The key may not exist yet: an ARN of its length stands for it (the account and region are known).
+    signing_key = p.pending_key_arn(names) if signing else None
+    p.check_policy_sizes(names, models, signing_key)
     requests: list[tuple[Any, str, dict[str, Any]]] = [
         (clients.s3, "CreateBucket", {"Bucket": names.bucket}),
         (clients.iam, "CreateRole", p.role_request(names)),
@@ -76,10 +85,15 @@ def check(plan: Plan, clients: Clients) -> None:
             {
                 "RoleName": names.role,
                 "PolicyName": p.ROLE_POLICY_NAME,
-                "PolicyDocument": p.policy_text(p.role_policy(names, models)),
+                "PolicyDocument": p.policy_text(p.role_policy(names, models, signing_key)),
             },
         ),
     ]
+    if signing and signing.create:
+        requests += [
+            (clients.kms, "CreateKey", signingkey.key_request(signing)),
+            (clients.kms, "CreateAlias", {"AliasName": signing.kms_key, "TargetKeyId": p.PENDING_KEY_ID}),
+        ]
     profile = sp.instance_profile_requests(names, snapshot_repositories(plan))
     requests += [(clients.iam, operation, request) for operation, request in profile.items()]
     for build in plan.builds:
@@ -100,12 +114,21 @@ def check(plan: Plan, clients: Clients) -> None:
         raise OcimodelError(f"AWS would refuse what this config makes: {found[0]}{more}; nothing was changed")
 
 
-def documents(plan: Plan) -> list[tuple[str, str]]:
-    """The documents a dry run shows: policies as JSON and each model's buildspec, exactly as they are sent."""
+def documents(plan: Plan, kms: Any) -> list[tuple[str, str]]:
+    """The documents a dry run shows: policies as JSON and each model's buildspec, exactly as they are sent (a
+    signing key yet to be created appears with an id of zeros in the role's policy)."""
     names, models = plan.names, tuple(b.model for b in plan.builds)
+    signing_key = None
+    if plan.settings.signing:
+        with aws_call(f"read KMS key {plan.settings.signing.kms_key}"):
+            found = find_kms_key(kms, plan.settings.signing.kms_key)
+        signing_key = found["Arn"] if found else p.pending_key_arn(names)
     shown = [
         (f"IAM role {names.role}: trust policy", _json(p.trust_policy(names))),
-        (f"IAM role {names.role}: inline policy {p.ROLE_POLICY_NAME}", _json(p.role_policy(names, models))),
+        (
+            f"IAM role {names.role}: inline policy {p.ROLE_POLICY_NAME}",
+            _json(p.role_policy(names, models, signing_key)),
+        ),
         (
             f"IAM role {names.snapshot_role}: inline policy {sp.SNAPSHOT_POLICY_NAME} (aws snapshot's instance)",
             _json(sp.instance_pull_policy(names, snapshot_repositories(plan))),
@@ -346,13 +369,16 @@ def _role_step(iam: Any, plan: Plan) -> tuple[Step, bool]:
     )
 
 
-def _role_policy_step(iam: Any, plan: Plan, writable: bool) -> Step:
+def _role_policy_step(iam: Any, plan: Plan, writable: bool, signing: signingkey.KeyArn | None) -> Step:
     names, models = plan.names, tuple(b.model for b in plan.builds)
-    document = p.role_policy(names, models)
+    # A key still to be created has no ARN yet: the policy differs from any written one, and is made when run.
+    pending = signing is not None and signing.value is None
+    document = p.role_policy(names, models, signing.value if signing is not None else None)
     label = f"{names.role}/{p.ROLE_POLICY_NAME}"
     if not writable:
         return Step("iam policy", label, "keep", "on a role ocimodel did not create: not written")
     detail = "logs, ECR login + push on its repositories, source zip" + (", HF token" if plan.settings.hf_token else "")
+    detail += ", kms:Sign on the signing key" if signing is not None else ""
     with aws_call(f"read IAM role policy {label}"):
         try:
             current = _policy_document(
@@ -362,17 +388,15 @@ def _role_policy_step(iam: Any, plan: Plan, writable: bool) -> Step:
             if not _missing(exc, "NoSuchEntity"):
                 raise
             current = None
-    if _same(current, document):
+    if not pending and _same(current, document):
         return Step("iam policy", label, "none", detail)
-    return Step(
-        "iam policy",
-        label,
-        "create" if current is None else "update",
-        detail,
-        lambda: iam.put_role_policy(
-            RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME, PolicyDocument=p.policy_text(document)
-        ),
-    )
+
+    def put() -> None:
+        # Worked out again when run: a key created by the step before has its ARN only now.
+        final = p.role_policy(names, models, signing.value if signing is not None else None)
+        iam.put_role_policy(RoleName=names.role, PolicyName=p.ROLE_POLICY_NAME, PolicyDocument=p.policy_text(final))
+
+    return Step("iam policy", label, "create" if current is None else "update", detail, put)
 
 
 def snapshot_repositories(plan: Plan) -> list[str]:

@@ -82,7 +82,7 @@ def bootstrap(
     todo = run.steps(clients, plan)
     if dry_run:
         print(render(todo, done=False))
-        for title, text in run.documents(plan):
+        for title, text in run.documents(plan, clients.kms):
             print(f"\n# {title}\n{text.rstrip()}")
         print()
         print(summary(todo, done=False, verb="dry run") + " (nothing was changed)")
@@ -138,6 +138,10 @@ def build(
         with aws_call(f"read secret {names.secret}"):
             if not secret_exists(clients.secrets, names.secret):
                 raise OcimodelError(f"secret {names.secret} holds no HF token yet: run ocimodel aws set-hf-token first")
+    if settings.aws.signing:
+        from ocimodel.aws.signingkey import check_usable
+
+        check_usable(clients.kms, settings.aws.signing, clients.region)
     # Before anything starts: a layer ECR would refuse, and an immutable tag that already holds an image.
     _note(f"listing {spec.id}@{spec.revision} on the Hub")
     commit = hub_commit(spec)
@@ -169,6 +173,21 @@ def build(
     if uri is None:
         raise OcimodelError(f"build {build_id} succeeded, but ECR has no {names.image(spec)}")
     print(uri)
+
+
+@aws_app.command("public-key")
+def public_key(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Print the PEM public key of the [signing] KMS key: what the cluster verifies the images' model.sig with."""
+    from ocimodel.aws.config import load_config
+    from ocimodel.aws.session import connect
+    from ocimodel.errors import OcimodelError
+    from ocimodel.signing.kms import KmsSigner
+
+    settings = load_config(config)
+    if settings.aws.signing is None:
+        raise OcimodelError(f"{config} has no [signing] table: builds do not sign, so there is no public key to give")
+    clients = connect(settings.aws.region)
+    sys.stdout.write(KmsSigner.from_client(clients.kms, settings.aws.signing.kms_key).public().pem.decode())
 
 
 @aws_app.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -44,6 +44,16 @@ _PREFIX = re.compile(r"[a-z][a-z0-9-]{0,18}[a-z0-9]")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+#: KMS's alias rule (botocore: ``^[a-zA-Z0-9:/_-]+$``, at most 256), with the ``alias/`` prefix it requires and
+#: without ``alias/aws/``, which AWS keeps for its own keys.
+_KMS_ALIAS = re.compile(r"alias/(?!aws/)[A-Za-z0-9/_-]{1,250}")
+#: What KMS takes as a key id: an alias name, a key id, or a key or alias ARN (any partition).
+_KMS_KEY_ID = re.compile(
+    rf"{_KMS_ALIAS.pattern}|(?:mrk-[0-9a-f]{{32}}|[0-9a-f]{{8}}(?:-[0-9a-f]{{4}}){{3}}-[0-9a-f]{{12}})"
+    r"|arn:aws[a-z-]*:kms:[a-z]{2}(?:-[a-z]+)+-\d+:\d{12}:(?:key/[A-Za-z0-9-]{1,64}|alias/[A-Za-z0-9/_-]{1,250})"
+)
+#: The KMS key specs ocimodel creates: ECDSA curves that OpenSSF model signing verifiers check.
+SIGNING_KEY_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384")
 
 
 def slug(repo_id: str) -> str:
@@ -84,6 +94,17 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class SigningSettings:
+    """``[signing]``: builds sign their images' ``model.sig`` with a KMS key whose private half never leaves KMS."""
+
+    #: An alias (``alias/…``), key id, or key or alias ARN: what the buildspec passes to ``--sign-kms-key``.
+    kms_key: str
+    #: bootstrap creates the key and the alias when the alias names no key (and teardown removes them).
+    create: bool = False
+    key_spec: str = "ECC_NIST_P256"
+
+
+@dataclass(frozen=True)
 class AwsSettings:
     region: str | None = None
     #: Start of every name bootstrap gives: projects, role, bucket, default secret.
@@ -100,6 +121,8 @@ class AwsSettings:
     python: str = DEFAULT_PYTHON
     #: ``--base`` of the builds, e.g. a busybox mirrored into ECR; None keeps ocimodel's default.
     base: str | None = None
+    #: The ``[signing]`` table (it is not under ``[aws]`` in the file); None: builds do not sign.
+    signing: SigningSettings | None = None
 
     @property
     def curated_image(self) -> bool:
@@ -136,8 +159,11 @@ def parse_config(text: str, origin: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise OcimodelError(f"{origin} is not valid TOML: {exc}") from None
     problems: list[str] = []
-    _unknown(document, {"aws", "models"}, "top level", problems)
+    _unknown(document, {"aws", "models", "signing"}, "top level", problems)
     aws = _aws(_table(document.get("aws", {}), "[aws]", problems), problems)
+    if "signing" in document:
+        signing = _signing(_table(document["signing"], "[signing]", problems), aws.prefix, problems)
+        aws = replace(aws, signing=signing)
     raw_models = document.get("models")
     if not isinstance(raw_models, list) or not raw_models:
         problems.append("no [[models]] table: list at least one model")
@@ -209,6 +235,30 @@ def _aws(table: dict[str, Any], problems: list[str]) -> AwsSettings:
         python=python,
         base=base,
     )
+
+
+def _signing(table: dict[str, Any], prefix: str, problems: list[str]) -> SigningSettings:
+    where = "[signing]"
+    _unknown(table, {"kms_key", "create", "key_spec"}, where, problems)
+    read = _Reader(table, where, problems)
+    create = read.boolean("create", SigningSettings.create)
+    default = f"alias/{prefix}-model-signing" if create else None
+    kms_key = read.text(
+        "kms_key", default, _KMS_KEY_ID, "a KMS key: alias/NAME, a key id, or a key or alias ARN (not alias/aws/…)"
+    )
+    key_spec = read.choice("key_spec", SigningSettings.key_spec, SIGNING_KEY_SPECS)
+    if kms_key is None and "kms_key" not in table:
+        problems.append(
+            f'{where}: name the signing key (kms_key = "alias/…"), or set create = true to let bootstrap make one'
+        )
+    elif create and not _KMS_ALIAS.fullmatch(kms_key):
+        problems.append(
+            f"{where}: with create = true, kms_key must be an alias (alias/NAME) for bootstrap to give the new key, "
+            f"not {kms_key!r}"
+        )
+    if "key_spec" in table and not create:
+        problems.append(f"{where}: key_spec applies to a key bootstrap creates (create = true) only: drop it")
+    return SigningSettings(kms_key=kms_key or "", create=create, key_spec=key_spec)
 
 
 def _base(read: _Reader) -> str | None:

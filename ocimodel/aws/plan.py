@@ -44,6 +44,10 @@ TRUST_POLICY_MAX = 2048
 INLINE_POLICIES_MAX = 10240
 #: CodeBuild's limit on a project's description.
 DESCRIPTION_MAX = 255
+#: What a build does with the signing key, and nothing else (no Verify, no DescribeKey: the public key says it all).
+KMS_SIGN_ACTIONS = ("kms:GetPublicKey", "kms:Sign")
+#: A key ARN's shape where the key does not exist yet (the policy of a dry run, and its size check).
+PENDING_KEY_ID = "00000000-0000-0000-0000-000000000000"
 #: The manifest annotation in which a build records the options that shaped its image (``options_fingerprint``).
 OPTIONS_ANNOTATION = "io.ocimodel.build.options"
 
@@ -254,16 +258,17 @@ def trust_policy(names: Names) -> dict[str, Any]:
     }
 
 
-def role_policy(names: Names, models: tuple[ModelSpec, ...]) -> dict[str, Any]:
-    """What a build does and nothing more: log, log in to ECR, push its repository, read the token and the wheel.
+def role_policy(names: Names, models: tuple[ModelSpec, ...], signing_key: str | None = None) -> dict[str, Any]:
+    """What a build does and nothing more: log, log in to ECR, push its repository, read the token and the wheel,
+    and sign with the KMS key whose ARN is ``signing_key`` (that key only) when the config signs.
 
     Only ``ecr:GetAuthorizationToken`` has ``Resource: "*"``: it names no resource, so IAM accepts nothing else.
     Log groups are created by bootstrap (with their retention), so the role cannot create any. The repositories
     are listed one by one while the policy stays within IAM's limit, else by namespace (``repository_patterns``).
     """
-    statements = _role_statements(names, models, sorted({names.repository_arn(m) for m in models}))
+    statements = _role_statements(names, models, sorted({names.repository_arn(m) for m in models}), signing_key)
     if policy_size({"Version": "2012-10-17", "Statement": statements}) > INLINE_POLICIES_MAX:
-        statements = _role_statements(names, models, repository_patterns(names, models))
+        statements = _role_statements(names, models, repository_patterns(names, models), signing_key)
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -278,7 +283,9 @@ def repository_patterns(names: Names, models: tuple[ModelSpec, ...]) -> list[str
     return sorted(arns)
 
 
-def _role_statements(names: Names, models: tuple[ModelSpec, ...], repositories: list[str]) -> list[dict[str, Any]]:
+def _role_statements(
+    names: Names, models: tuple[ModelSpec, ...], repositories: list[str], signing_key: str | None
+) -> list[dict[str, Any]]:
     bucket = f"arn:{names.account.partition}:s3:::{names.bucket}"
     statements: list[dict[str, Any]] = [
         {
@@ -318,7 +325,17 @@ def _role_statements(names: Names, models: tuple[ModelSpec, ...], repositories: 
                 "Resource": names.secret_arn_pattern,
             }
         )
+    if signing_key is not None:
+        # By ARN: IAM matches a key's ARN whatever the build names it by, and an alias moved elsewhere grants nothing.
+        statements.append(
+            {"Sid": "ModelSigning", "Effect": "Allow", "Action": list(KMS_SIGN_ACTIONS), "Resource": signing_key}
+        )
     return statements
+
+
+def pending_key_arn(names: Names) -> str:
+    """The ARN a key bootstrap has yet to create will have, but for its id: what a dry run shows and sizes."""
+    return names.account.arn("kms", f"key/{PENDING_KEY_ID}")
 
 
 def _one_or_list(values: list[str]) -> str | list[str]:
@@ -334,9 +351,9 @@ def policy_text(document: dict[str, Any]) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def check_policy_sizes(names: Names, models: tuple[ModelSpec, ...]) -> None:
+def check_policy_sizes(names: Names, models: tuple[ModelSpec, ...], signing_key: str | None = None) -> None:
     """Refuse, before any AWS call, policies IAM would refuse after the steps before them had run."""
-    trust, inline = policy_size(trust_policy(names)), policy_size(role_policy(names, models))
+    trust, inline = policy_size(trust_policy(names)), policy_size(role_policy(names, models, signing_key))
     if trust > TRUST_POLICY_MAX:
         raise OcimodelError(f"the role's trust policy would be {trust} characters, over IAM's {TRUST_POLICY_MAX}")
     if inline > INLINE_POLICIES_MAX:
@@ -382,7 +399,11 @@ PUBLIC_ACCESS_BLOCK = {
 def options_fingerprint(settings: AwsSettings, model: ModelSpec) -> str:
     """What, besides the Hub commit, decides a build's image: recorded in it, so ``aws build`` can tell, by reading
     one manifest, whether an immutable tag already holds this build."""
-    options = {"id": model.id, "base": model_base(settings, model), "include": model.include, "exclude": model.exclude}
+    options: dict[str, object] = {
+        "id": model.id, "base": model_base(settings, model), "include": model.include, "exclude": model.exclude
+    }
+    if settings.signing is not None:  # only then: unsigned builds keep the fingerprints they had
+        options["sign_kms_key"] = settings.signing.kms_key
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -401,6 +422,9 @@ def build_command(settings: AwsSettings, model: ModelSpec) -> str:
         words += ["--base", shlex.quote(base)]
     words += [part for glob in model.include for part in ("--include", shlex.quote(glob))]
     words += [part for glob in model.exclude for part in ("--exclude", shlex.quote(glob))]
+    if settings.signing is not None:
+        # As configured (alias, id or ARN): KMS resolves it in the build's region, which is the config's.
+        words += ["--sign-kms-key", shlex.quote(settings.signing.kms_key)]
     return " ".join(["python3 -m ocimodel build", *words, "--json"])
 
 

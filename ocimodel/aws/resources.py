@@ -72,3 +72,9 @@ def secret_exists(secrets: Any, name: str) -> bool:
     """Whether the secret exists and is not scheduled for deletion: a deleted one holds no value a build can read."""
     described = find_secret(secrets, name)
     return described is not None and "DeletedDate" not in described
+
+
+def find_kms_key(kms: Any, key_id: str) -> dict[str, Any] | None:
+    """A KMS key's metadata by alias, id or ARN, also while disabled or pending deletion; None when KMS knows none."""
+    found = _absent_on(lambda: kms.describe_key(KeyId=key_id), "NotFoundException")
+    return None if found is None else found["KeyMetadata"]

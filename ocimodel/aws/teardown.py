@@ -1,8 +1,8 @@
 """``ocimodel aws teardown``: remove what bootstrap made for a config, in the reverse order of its making.
 
-Repositories hold the images KServe pulls, so they go only with ``--delete-images``. A role, bucket, secret or
-repository goes only if ocimodel created it (it carries our tag): a config may name things the user keeps for
-other uses.
+Repositories hold the images KServe pulls, so they go only with ``--delete-images``. A role, bucket, secret,
+signing key or repository goes only if ocimodel created it (it carries our tag): a config may name things the user
+keeps for other uses.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ocimodel.aws import plan as p
+from ocimodel.aws import signingkey
 from ocimodel.aws.config import Config, ModelSpec
 from ocimodel.aws.plan import Names
 from ocimodel.aws.resources import (
@@ -40,6 +41,7 @@ def steps(
         *_snapshot_steps(clients.ec2, names, delete_snapshots),
         _bucket_step(clients.s3, names),
         *([_secret_step(clients.secrets, names)] if config.aws.hf_token else []),
+        *([signingkey.teardown_step(clients.kms, config.aws.signing)] if config.aws.signing else []),
         *[_repository_step(clients.ecr, m.repository, delete_images) for m in models],
     ]
 

@@ -19,11 +19,15 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from huggingface_hub import constants
 from moto import mock_aws
 from moto.codebuild.models import codebuild_backends
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
+from moto.kms.models import kms_backends
 from moto.ssm.models import Parameter, ssm_backends
 from typer.testing import CliRunner, Result
 
@@ -302,3 +306,54 @@ def seed_public_parameter(account: str, region: str, name: str, value: str) -> N
         data_type="aws:ec2:image",
     )
     ssm_backends[account][region]._parameters[name].append(parameter)
+
+
+# --- KMS as AWS answers ------------------------------------------------------------------------------------------
+
+
+_KMS_HASHES = {"ECDSA_SHA_256": hashes.SHA256(), "ECDSA_SHA_384": hashes.SHA384(), "ECDSA_SHA_512": hashes.SHA512()}
+
+
+def kms_as_aws(kms: Any) -> Wrapped:
+    """moto's KMS with the parts it gets wrong played as AWS documents them, and nothing else changed.
+
+    moto 5.2 ignores ``MessageType``: for ``DIGEST`` it hashes the digest again, so its signatures never verify
+    over the message (``cryptography`` refuses them; AWS skips the hashing step). It also signs with, and hands out
+    public keys of, disabled keys, keys pending deletion and symmetric keys (which have no public half), answers a
+    key of another usage with a ValidationException, and names the key by its id where AWS gives its ARN. The
+    wrapper refuses those as AWS does (DisabledException, KMSInvalidStateException, UnsupportedOperationException,
+    InvalidKeyUsageException), lets moto check the rest (the request goes through the real client, so the shape
+    hook sees it), and re-signs a digest with the private key moto holds for that key.
+    """
+
+    def usable(key_id: str, operation: str) -> Any:
+        key = kms_backends[ACCOUNT][REGION].describe_key(key_id)
+        if key.key_state == "Disabled":
+            raise client_error("DisabledException", f"{key.arn} is disabled.", operation)
+        if key.key_state == "PendingDeletion":
+            raise client_error("KMSInvalidStateException", f"{key.arn} is pending deletion.", operation)
+        return key
+
+    def get_public_key(**request: Any) -> Any:
+        key = usable(request["KeyId"], "GetPublicKey")
+        if key.key_spec == "SYMMETRIC_DEFAULT" or key.key_spec.startswith("HMAC_"):
+            message = f"{key.arn} key type is not supported."
+            raise client_error("UnsupportedOperationException", message, "GetPublicKey")
+        answer = kms.get_public_key(**request)
+        answer["KeyId"] = key.arn  # AWS names the key by its ARN here; moto by its bare id
+        return answer
+
+    def sign(**request: Any) -> Any:
+        key = usable(request["KeyId"], "Sign")
+        if key.key_usage != "SIGN_VERIFY":
+            raise client_error("InvalidKeyUsageException", f"{key.arn} key usage is {key.key_usage}.", "Sign")
+        answer = kms.sign(**request)
+        if request.get("MessageType") == "DIGEST":
+            algorithm = _KMS_HASHES[request["SigningAlgorithm"]]
+            if len(request["Message"]) != algorithm.digest_size:
+                raise client_error("ValidationException", "Digest is invalid length for algorithm.", "Sign")
+            private = key.private_key.private_key
+            answer["Signature"] = private.sign(request["Message"], ec.ECDSA(Prehashed(algorithm)))
+        return answer
+
+    return Wrapped(kms, get_public_key=get_public_key, sign=sign)
