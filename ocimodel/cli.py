@@ -121,11 +121,26 @@ SignKeyOpt = Annotated[
     Optional[Path],
     typer.Option(help="Sign the model (OpenSSF Model Signing) with this PEM EC private key: /models/model.sig."),
 ]
+SignKmsKeyOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Sign with this AWS KMS key instead (alias/…, key id or ARN; ECC, SIGN_VERIFY): see docs/aws.md."),
+]
 SignKeyPasswordStdinOpt = Annotated[
     bool,
     typer.Option("--sign-key-password-stdin", help="Read the signing key's password from stdin. \\[default: "
                  f"${SIGN_KEY_PASSWORD_ENV}, else none]"),
 ]
+
+
+def _signer_arg(sign_key: Path | None, sign_kms_key: str | None) -> Path | object | None:
+    """``--sign-key`` as given, or the KMS key ``--sign-kms-key`` names, checked now (before any download)."""
+    if sign_kms_key is None:
+        return sign_key
+    if sign_key is not None:
+        raise typer.BadParameter("sign with a key file or a KMS key, not both", param_hint="--sign-kms-key")
+    from ocimodel.signing.kms import KmsSigner
+
+    return KmsSigner.from_key_id(sign_kms_key)
 
 
 def _sign_key_password(sign_key: Path | None, from_stdin: bool, registry_stdin: bool = False) -> str | None:
@@ -232,6 +247,7 @@ def pack(
     label: LabelOpt = [],
     annotation: AnnotationOpt = [],
     sign_key: SignKeyOpt = None,
+    sign_kms_key: SignKmsKeyOpt = None,
     sign_key_password_stdin: SignKeyPasswordStdinOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the digest.")] = False,
 ) -> None:
@@ -239,6 +255,7 @@ def pack(
     from ocimodel.progress import make_reporter
 
     password = _sign_key_password(sign_key, sign_key_password_stdin)
+    signer = _signer_arg(sign_key, sign_kms_key)
     _hub_downloads()
     reporter = make_reporter()
     try:
@@ -247,7 +264,7 @@ def pack(
                 source, layout, base=base, tag=tag, platforms=platform, include=include, exclude=exclude,
                 compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
                 use_cache=not no_cache, labels=_pairs(label, "--label"), annotations=_pairs(annotation, "--annotation"),
-                sign_key=sign_key, sign_key_password=password, plain_http=plain_http, progress=reporter,
+                sign_key=signer, sign_key_password=password, plain_http=plain_http, progress=reporter,
             )
     finally:
         reporter.close()
@@ -317,6 +334,7 @@ def build(
         bool, typer.Option(hidden=True, help="Hash each layer before uploading it (for benchmarks).")
     ] = False,
     sign_key: SignKeyOpt = None,
+    sign_kms_key: SignKmsKeyOpt = None,
     sign_key_password_stdin: SignKeyPasswordStdinOpt = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary (digest, oci:// URI, bytes sent/skipped, seconds).")
@@ -327,6 +345,7 @@ def build(
     from ocimodel.registry.push import describe
 
     password = _sign_key_password(sign_key, sign_key_password_stdin, registry_stdin=password_stdin)
+    signer = _signer_arg(sign_key, sign_kms_key)
     _hub_downloads(disk_budget=disk_budget is not None)
     reporter = make_reporter()
     try:
@@ -336,7 +355,7 @@ def build(
                 compression=compression.value, revision=revision, cache_dir=cache_dir, jobs=jobs,
                 chunk_size=_size(chunk_size), mount_from=mount_from, use_cache=not no_cache,
                 labels=_pairs(label, "--label"), annotations=_pairs(annotation, "--annotation"), layout=layout,
-                disk_budget=_size(disk_budget) if disk_budget else None, two_pass=two_pass, sign_key=sign_key,
+                disk_budget=_size(disk_budget) if disk_budget else None, two_pass=two_pass, sign_key=signer,
                 sign_key_password=password, registry=registry, progress=reporter,
             )
     finally:

@@ -92,17 +92,6 @@ class PrivateKey:
         return self.key.sign(data, ec.ECDSA(_curve_hash(self.key.curve), deterministic_signing=True))
 
 
-class Signer(Protocol):
-    """What signing needs of a key: a ``PrivateKey`` loaded here, or one that never leaves KMS (``kms.KmsSigner``)."""
-
-    @property
-    def source(self) -> str: ...
-
-    def public(self) -> PublicKey: ...
-
-    def sign(self, data: bytes) -> bytes: ...
-
-
 def load_private_key(path: Path, password: bytes | None = None) -> PrivateKey:
     """Loads a PEM private key as ``openssl`` writes it (PKCS#8 or traditional, encrypted or not)."""
     what = f"signing key {path}"

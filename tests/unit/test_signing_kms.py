@@ -164,3 +164,33 @@ def test_a_missing_alias_and_missing_credentials_are_one_line(aws: Clients, monk
     with pytest.raises(SigningKeyError) as raised:
         KmsSigner.from_key_id("alias/model-signing")
     _one_line_naming(raised.value, "alias/model-signing", "no AWS credentials")
+
+
+def test_sign_kms_key_signs_the_image_with_the_kms_key(
+    aws: Clients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flag the CodeBuild buildspec passes (to build; pack takes it too): the image carries a model.sig that
+    the KMS key's public half checks."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ocimodel.cli import app
+    from ocimodel.layout.store import Layout
+    from ocimodel.registry.referrers import stored
+    from ocimodel.signing.statement import ModelFile
+
+    key_id = _signing_key(aws, alias="alias/model-signing")
+    monkeypatch.setattr(KmsSigner, "from_key_id", classmethod(
+        lambda cls, key, region=None: cls.from_client(kms_as_aws(aws.kms), key)
+    ))
+    model = _model(tmp_path, 3)
+    layout = tmp_path / "layout"
+    result = CliRunner().invoke(app, ["pack", str(model), str(layout), "--base", "scratch",
+                                      "--sign-kms-key", "alias/model-signing", "--json"])
+    assert result.exit_code == 0, result.output
+    top = Layout.open(layout).select_tag("latest")[1]
+    [(artifact, bundle)] = stored(Layout.open(layout), top)
+    assert json.loads(result.stdout.splitlines()[-1])["signature"] == artifact.digest
+    public = KmsSigner.from_client(kms_as_aws(aws.kms), key_id).public()
+    verify_model(bundle, public, [ModelFile(f.path, f.sha256) for f in folder_files(model)], "model.sig")
